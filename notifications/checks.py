@@ -1,0 +1,84 @@
+"""System checks for the settings this app depends on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, register
+
+from .conf import conf
+
+TRANSPORTS = ("local", "database", "postgres", "redis")
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Check the middleware, django-eventstream and NOTIFICATIONS_* settings."""
+    errors: list[Error] = []
+    if not apps.is_installed("django_eventstream"):
+        errors.append(
+            Error(
+                "django_eventstream is not in INSTALLED_APPS.",
+                hint="Add 'django_eventstream' to INSTALLED_APPS.",
+                id="notifications.E001",
+            )
+        )
+    if (
+        "django.contrib.sessions.middleware.SessionMiddleware"
+        not in settings.MIDDLEWARE
+    ):
+        errors.append(
+            Error(
+                "SessionMiddleware is required: notifications are addressed to sessions.",
+                id="notifications.E002",
+            )
+        )
+    if "django.middleware.gzip.GZipMiddleware" in settings.MIDDLEWARE:
+        errors.append(
+            Error(
+                "GZipMiddleware buffers the event stream.",
+                hint="Remove it, or compress at a proxy that skips text/event-stream.",
+                id="notifications.E003",
+            )
+        )
+    max_length = conf.MAX_MESSAGE_LENGTH
+    if (
+        not isinstance(max_length, int)
+        or isinstance(max_length, bool)
+        or max_length < 1
+    ):
+        errors.append(
+            Error(
+                "NOTIFICATIONS_MAX_MESSAGE_LENGTH must be a positive integer.",
+                id="notifications.E004",
+            )
+        )
+    transport = conf.TRANSPORT
+    if transport is not None and transport not in TRANSPORTS:
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_TRANSPORT is {transport!r}.",
+                hint=f"Use one of {', '.join(TRANSPORTS)}, or leave it unset.",
+                id="notifications.E005",
+            )
+        )
+    if transport == "redis" and not conf.REDIS_URL:
+        errors.append(
+            Error(
+                "NOTIFICATIONS_TRANSPORT is 'redis' but no Redis URL is set.",
+                hint="Set REDIS_URL (NOTIFICATIONS_REDIS_URL).",
+                id="notifications.E006",
+            )
+        )
+    if transport == "postgres" and settings.DATABASES["default"]["ENGINE"] != (
+        "django.db.backends.postgresql"
+    ):
+        errors.append(
+            Error(
+                "NOTIFICATIONS_TRANSPORT is 'postgres' but the database is not PostgreSQL.",
+                id="notifications.E007",
+            )
+        )
+    return errors

@@ -1,0 +1,87 @@
+"""Reads: who a request is, which channels it may hear, what it has not read."""
+
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import HttpRequest
+
+from .channels import BROADCAST, user_channel
+from .conf import conf
+from .models import BroadcastReceipt, ChannelSequence, Notification, Visitor
+
+# The key in the session's data that holds the Visitor token.
+SESSION_TOKEN_KEY = "_notifications_token"
+
+
+def visitor_for_request(request: HttpRequest) -> Visitor | None:
+    """Return the Visitor named by the request's session, or None."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    token = session.get(SESSION_TOKEN_KEY)
+    if not isinstance(token, str) or not token:
+        return None
+    return Visitor.objects.select_related("user").filter(token=token).first()
+
+
+def request_user(request: HttpRequest) -> AbstractBaseUser | None:
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return user
+    return None
+
+
+def channels_for(
+    *, visitor: Visitor | None, user: AbstractBaseUser | None
+) -> list[str]:
+    """Return the channels a page of this visitor and user hears, and nothing else."""
+    channels = [BROADCAST]
+    if visitor is not None:
+        channels.append(visitor.channel)
+    if user is not None:
+        channels.append(user_channel(user.pk))
+    return channels
+
+
+def current_seqs(channels: list[str]) -> dict[str, int]:
+    """Return the last committed `seq` of each channel (0 for a channel never used)."""
+    found = dict(
+        ChannelSequence.objects.filter(channel__in=channels).values_list(
+            "channel", "last_seq"
+        )
+    )
+    return {channel: found.get(channel, 0) for channel in channels}
+
+
+def notifications_unread(
+    *, visitor: Visitor | None, user: AbstractBaseUser | None, limit: int | None = None
+) -> QuerySet[Notification]:
+    """Return the unread notifications for a page, newest first.
+
+    A page sees its session's and its user's rows, and broadcasts sent since
+    the session (or the user) first appeared that this reader has not dismissed.
+    """
+    audience = Q(visitor__isnull=True, user__isnull=True)
+    since = visitor.first_seen if visitor is not None else None
+    if user is not None and getattr(user, "date_joined", None):
+        since = min(since, user.date_joined) if since else user.date_joined
+    if since is not None:
+        audience &= Q(created_at__gte=since)
+    receipts = BroadcastReceipt.objects.filter(notification=OuterRef("pk"))
+    if user is not None:
+        receipts = receipts.filter(user=user)
+    elif visitor is not None:
+        receipts = receipts.filter(visitor=visitor)
+    else:
+        return Notification.objects.none()
+    audience &= ~Exists(receipts)
+    mine = Q(read_at__isnull=True) & (
+        Q(visitor=visitor) if visitor is not None else Q(pk__in=[])
+    )
+    if user is not None:
+        mine |= Q(read_at__isnull=True, user=user)
+    queryset = Notification.objects.filter(audience | mine).order_by(
+        "-created_at", "-id"
+    )
+    return queryset[: limit or conf.INBOX_LIMIT]

@@ -1,0 +1,65 @@
+"""django-eventstream storage backed by the Notification table.
+
+django-eventstream asks its storage for a channel's current id and for the
+events after an id. Answering from the Notification table (instead of the
+library's own event table) keeps one copy of every notification, and replay on
+reconnect reads exactly what was sent.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+from django_eventstream.event import Event
+from django_eventstream.storage import EventDoesNotExist, StorageBase
+
+from .models import Notification
+from .selectors import current_seqs
+from .transport import to_event
+
+
+def release_connection() -> None:
+    """Close this thread's connection unless a transaction is using it.
+
+    A stream reads from its own thread and then waits for minutes; returning
+    the connection after each read keeps idle streams from pinning one each.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+class NotificationStorage(StorageBase):
+    def append_event(self, channel: str, event_type: str, data: str) -> Event:
+        raise NotImplementedError(
+            "Notifications are stored by notifications.services.notification_send; "
+            "django_eventstream.send_event cannot write to this storage."
+        )
+
+    def get_current_id(self, channel: str) -> int:
+        try:
+            return current_seqs([channel])[channel]
+        finally:
+            release_connection()
+
+    def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
+        """Return the events after `last_id`, in order, or raise EventDoesNotExist.
+
+        Numbers on a channel have no gaps, so a first row that is not
+        `last_id + 1` means the client missed rows that are gone (trimmed, or
+        an id from another database): the caller then sends a reset.
+        """
+        try:
+            current = current_seqs([channel])[channel]
+            if last_id > current:
+                raise EventDoesNotExist(f"No event {last_id} on this channel", current)
+            if last_id == current:
+                return []
+            rows = list(
+                Notification.objects.filter(channel=channel, seq__gt=last_id).order_by(
+                    "seq"
+                )[:limit]
+            )
+        finally:
+            release_connection()
+        if not rows or rows[0].seq != last_id + 1:
+            raise EventDoesNotExist(f"Events after {last_id} were removed", current)
+        return [to_event(row) for row in rows]
