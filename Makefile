@@ -1,0 +1,46 @@
+# One local virtualenv (.venv) for running and testing the product.
+# `make run` sets up and serves on http://127.0.0.1:8000; `make test` sets up
+# and runs the checks and the whole test suite.
+
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Django 6.1 needs Python 3.12 or newer; take the first such interpreter.
+PYTHON := $(shell for p in python3.13 python3.12 python3.14 python3; do \
+	if command -v $$p >/dev/null 2>&1 && \
+	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	   echo $$p; break; fi; done)
+
+.PHONY: install run serve test lint pytest djangotest browsers clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is required (Django 6.1); none was found on PATH." >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+pytest: install
+	$(BIN)/pytest
+
+djangotest: install
+	$(BIN)/python manage.py test tests
+
+test: lint pytest
+
+clean:
+	rm -rf $(VENV) artifacts

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.test import Client, RequestFactory, TestCase
+
+from notifications.channelmanager import NotificationChannelManager
+from notifications.models import Notification, Visitor
+from notifications.selectors import SESSION_TOKEN_KEY
+from notifications.services import notification_send
+
+
+class IndexTests(TestCase):
+    def test_first_visit_creates_a_session_and_a_visitor(self):
+        response = self.client.get("/")
+
+        self.assertEqual(response.status_code, 200)
+        self.assertIn("sessionid", response.cookies)
+        self.assertIn("csrftoken", response.cookies)
+        visitor = Visitor.objects.get()
+        self.assertEqual(self.client.session[SESSION_TOKEN_KEY], visitor.token)
+
+    def test_page_never_contains_the_session_key(self):
+        self.client.get("/")
+        response = self.client.get("/")
+
+        self.assertNotIn(self.client.session.session_key, response.text)
+
+    def test_unread_notifications_are_rendered_as_text(self):
+        self.client.get("/")
+        visitor = Visitor.objects.get()
+        notification_send(message="<script>alert(1)</script>", visitor=visitor)
+
+        response = self.client.get("/")
+
+        self.assertContains(response, "&lt;script&gt;alert(1)&lt;/script&gt;")
+        self.assertNotContains(response, "<script>alert(1)")
+
+    def test_page_embeds_the_stream_position(self):
+        self.client.get("/")
+        visitor = Visitor.objects.get()
+        notification_send(message="one", visitor=visitor)
+        notification_send(message="two", broadcast=True)
+
+        response = self.client.get("/")
+
+        self.assertEqual(
+            response.context["last_event_id"], f"broadcast:1,{visitor.channel}:1"
+        )
+
+
+class ButtonTests(TestCase):
+    def setUp(self):
+        self.client = Client(enforce_csrf_checks=True)
+        self.client.get("/")
+        self.token = self.client.cookies["csrftoken"].value
+
+    def test_script_post_gets_204_and_notifies_the_session(self):
+        response = self.client.post(
+            "/button-pressed/",
+            headers={"X-CSRFToken": self.token, "X-Requested-With": "fetch"},
+        )
+
+        self.assertEqual(response.status_code, 204)
+        notification = Notification.objects.get()
+        self.assertEqual(notification.message, "You pressed the button")
+        self.assertEqual(notification.level, "info")
+        self.assertEqual(notification.visitor, Visitor.objects.get())
+
+    def test_form_post_redirects_to_the_page(self):
+        response = self.client.post(
+            "/button-pressed/", {"csrfmiddlewaretoken": self.token}
+        )
+
+        self.assertRedirects(response, "/")
+        self.assertEqual(Notification.objects.count(), 1)
+
+    def test_post_without_csrf_is_forbidden_and_sends_nothing(self):
+        response = self.client.post("/button-pressed/")
+
+        self.assertEqual(response.status_code, 403)
+        self.assertFalse(Notification.objects.exists())
+
+    def test_get_is_not_allowed(self):
+        response = self.client.get("/button-pressed/")
+
+        self.assertEqual(response.status_code, 405)
+
+
+class ChannelManagerTests(TestCase):
+    def setUp(self):
+        self.manager = NotificationChannelManager()
+        self.factory = RequestFactory()
+        self.mine = Visitor.objects.create()
+        self.other = Visitor.objects.create()
+
+    def request(self, path="/notifications/", session=None, user=None):
+        request = self.factory.get(path)
+        request.session = (
+            {SESSION_TOKEN_KEY: self.mine.token} if session is None else session
+        )
+        from django.contrib.auth.models import AnonymousUser
+
+        request.user = user or AnonymousUser()
+        return request
+
+    def test_channels_come_from_the_session(self):
+        channels = self.manager.get_channels_for_request(self.request(), {})
+
+        self.assertEqual(channels, {"broadcast", self.mine.channel})
+
+    def test_query_and_view_kwargs_cannot_add_or_replace_channels(self):
+        tricks = [
+            "/notifications/?channel=broadcast",
+            f"/notifications/?channel={self.other.channel}",
+            f"/notifications/?channels={self.other.channel}&channel=user-1",
+            f"/notifications/../{self.other.channel}/",
+        ]
+        for path in tricks:
+            with self.subTest(path=path):
+                request = self.request(path)
+                channels = self.manager.get_channels_for_request(
+                    request, {"channel": self.other.channel, "channels": ["user-1"]}
+                )
+                self.assertEqual(channels, {"broadcast", self.mine.channel})
+
+    def test_user_channel_is_added_for_a_logged_in_user(self):
+        user = get_user_model().objects.create_user("dora")
+
+        channels = self.manager.get_channels_for_request(self.request(user=user), {})
+
+        self.assertEqual(channels, {"broadcast", self.mine.channel, f"user-{user.pk}"})
+
+    def test_unknown_token_gives_only_broadcast(self):
+        request = self.request(session={SESSION_TOKEN_KEY: "f" * 32})
+
+        self.assertEqual(
+            self.manager.get_channels_for_request(request, {}), {"broadcast"}
+        )
+
+    def test_can_read_only_own_user_channel(self):
+        user = get_user_model().objects.create_user("erin")
+
+        self.assertTrue(self.manager.can_read_channel(user, f"user-{user.pk}"))
+        self.assertFalse(self.manager.can_read_channel(user, f"user-{user.pk + 1}"))
+        self.assertFalse(self.manager.can_read_channel(None, f"user-{user.pk}"))
+        self.assertFalse(self.manager.can_read_channel(None, "anything-else"))
+
+
+class StreamPathTests(TestCase):
+    def test_paths_below_the_stream_do_not_exist(self):
+        self.client.get("/")
+        for path in [
+            "/notifications/broadcast/",
+            "/notifications/session-x/",
+            "/events/",
+        ]:
+            with self.subTest(path=path):
+                self.assertEqual(self.client.get(path).status_code, 404)
