@@ -19,9 +19,6 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_REDIS_URL": None,
     # Seconds between two polls of the database transport.
     "NOTIFICATIONS_POLL_INTERVAL": 1.0,
-    # Seconds between keep-alive comments on an idle stream. Proxies and load
-    # balancers commonly cut connections that stay silent for 30 to 60 s.
-    "NOTIFICATIONS_KEEPALIVE_SECONDS": 15,
     # Days a notification is kept; read ones go after READ_RETENTION_DAYS.
     "NOTIFICATIONS_RETENTION_DAYS": 30,
     "NOTIFICATIONS_READ_RETENTION_DAYS": 7,

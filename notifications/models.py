@@ -87,6 +87,8 @@ class Notification(models.Model):
     channel = models.CharField(max_length=64, editable=False)
     seq = models.PositiveBigIntegerField(editable=False)
     read_at = models.DateTimeField(null=True, blank=True)
+    # Structured data for the page's script (a job's progress, read ids...).
+    payload = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -120,6 +122,7 @@ class Notification(models.Model):
             "created": self.created_at.isoformat(),
             "audience": self.audience,
             "event_type": self.event_type,
+            "data": self.payload,
         }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -36,11 +37,13 @@ def notification_send(
     user: AbstractBaseUser | None = None,
     broadcast: bool = False,
     event_type: str = Notification.DEFAULT_EVENT_TYPE,
+    payload: dict[str, Any] | None = None,
 ) -> Notification:
     """Store a notification and deliver it to its audience once committed.
 
     Exactly one audience: `visitor` (one browser session), `user` (all of that
-    user's sessions) or `broadcast=True` (everyone). Raise ValidationError,
+    user's sessions) or `broadcast=True` (everyone). `payload`, a small JSON
+    object, reaches the page as the event's `data`. Raise ValidationError,
     storing and sending nothing, when an argument is invalid.
     """
     notification_validate(
@@ -64,6 +67,7 @@ def notification_send(
             visitor=visitor,
             user=user,
             channel=channel,
+            payload=payload,
             seq=_next_seq(channel),
         )
         # Publish on commit: a rolled-back send must never reach a page, and a
