@@ -6,12 +6,14 @@ Views, the admin, management commands and background jobs all call
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -26,7 +28,8 @@ logger = logging.getLogger(__name__)
 # Event types become the `event:` line of the SSE frame and a JavaScript
 # listener name: letters, digits, dash and underscore only, so CR, LF and NUL
 # can never split a frame.
-EVENT_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+PAYLOAD_MAX_BYTES = 8192
 
 
 def notification_send(
@@ -53,6 +56,7 @@ def notification_send(
         visitor=visitor,
         user=user,
         broadcast=broadcast,
+        payload=payload,
     )
 
     # Persist, numbering the row on its channel.
@@ -91,6 +95,7 @@ def notification_validate(
     visitor: Visitor | None,
     user: AbstractBaseUser | None,
     broadcast: bool,
+    payload: dict[str, Any] | None = None,
 ) -> None:
     """Raise ValidationError unless notification_send would accept these arguments."""
     audiences = sum([visitor is not None, user is not None, bool(broadcast)])
@@ -123,6 +128,21 @@ def notification_validate(
             code="event_type",
             params={"event_type": event_type},
         )
+    if payload is not None:
+        try:
+            size = (
+                len(json.dumps(payload, cls=DjangoJSONEncoder))
+                if isinstance(payload, dict)
+                else -1
+            )
+        except (TypeError, ValueError):
+            size = -1
+        if size < 0 or size > PAYLOAD_MAX_BYTES:
+            raise ValidationError(
+                "The payload must be a JSON object of at most %(max)d bytes.",
+                code="payload",
+                params={"max": PAYLOAD_MAX_BYTES},
+            )
     if user is not None and user.pk is None:
         raise ValidationError("The user is not saved.", code="user")
     if visitor is not None and visitor.pk is None:

@@ -67,6 +67,11 @@ class NotificationSendValidationTests(TestCase):
             with self.subTest(event_type=bad):
                 self.assertRefused("event_type", event_type=bad)
 
+    def test_payload_must_be_a_small_json_object(self):
+        self.assertRefused("payload", payload=["not", "an", "object"])
+        self.assertRefused("payload", payload={"big": "x" * 9000})
+        self.assertRefused("payload", payload={"bad": object()})
+
     def test_exactly_one_audience_is_required(self):
         self.assertRefused("audience", visitor=None)
         self.assertRefused("audience", broadcast=True)
