@@ -63,6 +63,95 @@ def current_database_url() -> str:
     raise NotImplementedError(connection.vendor)
 
 
+POSTGRES_ADMIN_URL = os.environ.get(
+    "NOTIFICATIONS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_TEST_URL = os.environ.get(
+    "NOTIFICATIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
+)
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=2).ping())
+    except Exception:
+        return False
+
+
+requires_postgres = skip_unless_service(
+    postgres_available(), f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}"
+)
+requires_redis = skip_unless_service(
+    redis_available(), f"Redis is not reachable at {REDIS_TEST_URL}"
+)
+
+
+class PostgresDatabase:
+    """A migrated PostgreSQL database of its own, for child processes to share.
+
+    The test runner's own database stays SQLite; a test of PostgreSQL behaviour
+    runs Daphne, senders and workers as child processes pointed at this one,
+    and reads it back with psycopg.
+    """
+
+    def __init__(self, label: str = "tests") -> None:
+        self.name = f"notify_{label}_{os.getpid()}_{free_port()}"
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        self.url = f"{base}/{self.name}"
+
+    def create(self) -> PostgresDatabase:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        run_manage("migrate", "--noinput", env={"DATABASE_URL": self.url})
+        return self
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def __enter__(self) -> PostgresDatabase:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
+
+
+def run_manage(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout=60
+):
+    """Run `manage.py` in a child process, as an operator or a worker would."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 class DaphneServer:
     """`daphne notifysite.asgi:application` in a child process on a free port."""
 
@@ -76,7 +165,7 @@ class DaphneServer:
     def start(self) -> DaphneServer:
         env = {
             **os.environ,
-            "DATABASE_URL": current_database_url(),
+            "DATABASE_URL": self.env.get("DATABASE_URL") or current_database_url(),
             "DJANGO_DEBUG": "1",
             "PYTHONUNBUFFERED": "1",
             **self.env,
