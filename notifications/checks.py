@@ -81,4 +81,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="notifications.E007",
             )
         )
+    origins = getattr(settings, "EVENTSTREAM_ALLOW_ORIGINS", None) or getattr(
+        settings, "EVENTSTREAM_ALLOW_ORIGIN", None
+    )
+    if origins and "*" in (origins if isinstance(origins, list | tuple) else [origins]):
+        errors.append(
+            Error(
+                "The event stream allows any origin ('*').",
+                hint="List the origins allowed to read the stream; streams carry cookies.",
+                id="notifications.E008",
+            )
+        )
     return errors

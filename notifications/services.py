@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # can never split a frame.
 EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 PAYLOAD_MAX_BYTES = 8192
+# Streams end when their session logs in or out (see visitor_session_changed).
+SESSION_CHANGED_EVENT = "session-changed"
 
 
 def notification_send(
@@ -186,3 +188,24 @@ def visitor_ensure(request: HttpRequest) -> Visitor:
         request.session[SESSION_TOKEN_KEY] = visitor.token
         logger.info("new browser session %s", visitor.pk)
     return visitor_touch(visitor, user=getattr(request, "user", None))
+
+
+def visitor_session_changed(
+    visitor: Visitor, *, user: AbstractBaseUser | None, reason: str
+) -> Notification:
+    """Record who the session now belongs to and close its open streams.
+
+    The open streams of the session hear a `session-changed` event and end;
+    the browser reconnects with the session as it is now, so a stream never
+    keeps a user's channel after that user logged out.
+    """
+    visitor.user_id = user.pk if user is not None else None
+    visitor.last_seen = timezone.now()
+    visitor.save(update_fields=["user", "last_seen"])
+    logger.info("browser session %s: %s", visitor.pk, reason)
+    return notification_send(
+        visitor=visitor,
+        message="Your session changed; the page will reload.",
+        event_type=SESSION_CHANGED_EVENT,
+        payload={"reason": reason},
+    )

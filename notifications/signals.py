@@ -1,45 +1,38 @@
-"""Clean-up when a session ends: its notifications go with it.
+"""What happens to a browser session's streams and rows when it logs in or out.
 
-A Visitor's token is never reused, so nobody could receive these rows anyway;
-deleting them keeps the table honest and the admin's session list short.
+Login keeps the session's token (Django cycles the key but keeps the data), so
+the visitor keeps its notifications and gains the user's channel. Logout
+flushes the session, token included. Either way the session's open streams
+are told with a `session-changed` event, on which they close (any process
+holding one hears it through the transport) and the page reloads.
+
+Nothing here deletes rows when a session row is deleted: login deletes the old
+session row too while its data lives on. A Visitor outlives its session only
+until `trim_notifications` removes visitors unseen for SESSION_COOKIE_AGE, and
+its random token is never reused, so nobody else can receive its rows.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from django.contrib.auth.signals import user_logged_out
-from django.contrib.sessions.models import Session
-from django.db.models.signals import post_delete
+from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.dispatch import receiver
 
-from .models import Visitor
-from .selectors import SESSION_TOKEN_KEY
+from .selectors import visitor_for_request
+from .services import visitor_session_changed
 
-logger = logging.getLogger(__name__)
+
+@receiver(user_logged_in, dispatch_uid="notifications_login")
+def attach_user_on_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    visitor = visitor_for_request(request)
+    if visitor is not None:
+        visitor_session_changed(visitor, user=user, reason="login")
 
 
 @receiver(user_logged_out, dispatch_uid="notifications_logout")
-def forget_visitor_on_logout(
-    sender: Any, request: Any, user: Any, **kwargs: Any
-) -> None:
+def detach_user_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     # Sent before logout() flushes the session, so the token is still there.
-    session = getattr(request, "session", None)
-    token = session.get(SESSION_TOKEN_KEY) if session is not None else None
-    if token:
-        deleted, _ = Visitor.objects.filter(token=token).delete()
-        logger.info("logout ended a browser session (%s rows removed)", deleted)
-
-
-@receiver(post_delete, sender=Session, dispatch_uid="notifications_session_deleted")
-def forget_visitor_of_deleted_session(
-    sender: Any, instance: Session, **kwargs: Any
-) -> None:
-    # clearsessions and session.delete() on the database backend end here.
-    try:
-        token = instance.get_decoded().get(SESSION_TOKEN_KEY)
-    except Exception:  # a corrupt session decodes to nothing worth keeping
-        return
-    if token:
-        Visitor.objects.filter(token=token).delete()
+    visitor = visitor_for_request(request)
+    if visitor is not None:
+        visitor_session_changed(visitor, user=None, reason="logout")

@@ -24,7 +24,7 @@ from .selectors import (
     request_user,
     visitor_for_request,
 )
-from .services import notification_send, visitor_ensure
+from .services import SESSION_CHANGED_EVENT, notification_send, visitor_ensure
 from .storage import release_connection
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def stream(request: HttpRequest) -> HttpResponse:
         response = sse_error_response(
             "no-session", "This page has no session. Load the page again to get one."
         )
+        # Clients that reconnect on their own wait a while instead of storming.
+        response.content += b"retry: 15000\n\n"
         add_default_headers(response, request=request)
         release_connection()
         return response
@@ -123,6 +125,8 @@ def stream(request: HttpRequest) -> HttpResponse:
             json_encode=True,
         )
         response.streaming_content = _prepend(reset, response.streaming_content)
+    if isinstance(response, StreamingHttpResponse):
+        response.streaming_content = _until_session_changes(response.streaming_content)
     release_connection()
     return response
 
@@ -132,6 +136,17 @@ def _last_non_empty(values: list[str]) -> str:
         if value:
             return value
     return ""
+
+
+async def _until_session_changes(chunks):  # type: ignore[no-untyped-def]
+    # django-eventstream writes whole events per chunk. After a login or a
+    # logout the stream's channels are stale, so it ends and the browser
+    # reconnects with the session as it is now.
+    marker = f"event: {SESSION_CHANGED_EVENT}\n".encode()
+    async for chunk in chunks:
+        yield chunk
+        if marker in chunk:
+            return
 
 
 async def _prepend(first: str, rest):  # type: ignore[no-untyped-def]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django.test import SimpleTestCase, override_settings
+
+from notifications.checks import check_settings
+
+from .utils import run_manage
+
+
+def ids(errors):
+    return [error.id for error in errors]
+
+
+class CheckSettingsTests(SimpleTestCase):
+    def test_project_settings_pass(self):
+        self.assertEqual(check_settings(), [])
+
+    @override_settings(MIDDLEWARE=["django.middleware.gzip.GZipMiddleware"])
+    def test_gzip_and_missing_sessions_are_reported(self):
+        self.assertEqual(
+            ids(check_settings()), ["notifications.E002", "notifications.E003"]
+        )
+
+    @override_settings(NOTIFICATIONS_MAX_MESSAGE_LENGTH="2000")
+    def test_max_length_must_be_an_integer(self):
+        self.assertEqual(ids(check_settings()), ["notifications.E004"])
+
+    @override_settings(NOTIFICATIONS_TRANSPORT="carrier-pigeon")
+    def test_unknown_transport_is_reported(self):
+        self.assertEqual(ids(check_settings()), ["notifications.E005"])
+
+    @override_settings(NOTIFICATIONS_TRANSPORT="redis", NOTIFICATIONS_REDIS_URL=None)
+    def test_redis_transport_needs_a_url(self):
+        self.assertEqual(ids(check_settings()), ["notifications.E006"])
+
+    @override_settings(NOTIFICATIONS_TRANSPORT="postgres")
+    def test_postgres_transport_needs_postgres(self):
+        self.assertEqual(ids(check_settings()), ["notifications.E007"])
+
+    @override_settings(EVENTSTREAM_ALLOW_ORIGINS=["https://app.example", "*"])
+    def test_cors_wildcard_is_refused(self):
+        self.assertEqual(ids(check_settings()), ["notifications.E008"])
+
+
+class DeploySettingsTests(SimpleTestCase):
+    def test_check_deploy_passes_with_debug_off(self):
+        result = run_manage(
+            "check",
+            "--deploy",
+            "--fail-level",
+            "WARNING",
+            env={
+                "DJANGO_DEBUG": "0",
+                "DJANGO_SECRET_KEY": "x7" * 30
+                + "-production-like-secret-for-the-check",
+                "DJANGO_ALLOWED_HOSTS": "notify.example",
+            },
+            check=False,
+        )
+
+        self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
+        self.assertIn("no issues", result.stdout)
+
+    def test_debug_off_without_secret_key_refuses_to_start(self):
+        result = run_manage(
+            "check", env={"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": ""}, check=False
+        )
+
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("DJANGO_SECRET_KEY must be set", result.stderr)

@@ -1,0 +1,141 @@
+"""Users across sessions: per-user delivery, login and logout, on a live server."""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth import get_user_model
+from django.test import TransactionTestCase
+
+from notifications.models import Notification
+from notifications.models import Visitor as VisitorRow
+
+from .utils import DaphneServer, Visitor
+
+
+class LiveUserTests(TransactionTestCase):
+    def setUp(self):
+        # One server per test: the admin caches content type ids in the server
+        # process, and the flush between tests gives them new ids.
+        self.server = DaphneServer().start()
+        self.addCleanup(self.server.stop)
+        User = get_user_model()
+        User.objects.create_superuser("staff", "staff@example.com", "pw-staff-123")
+        self.carol = User.objects.create_user("carol", password="pw-carol-123")
+        User.objects.create_user("dave", password="pw-dave-123")
+
+    def browser(self, username=None):
+        visitor = Visitor(self.server.url)
+        self.addCleanup(visitor.close)
+        visitor.open_page()
+        if username:
+            visitor.login(username, f"pw-{username}-123")
+            visitor.open_page()
+        return visitor
+
+    def admin_send(self, staff, **fields):
+        staff.client.get("/admin/notifications/notification/add/")
+        data = {"level": "info", "event_type": "notification", **fields}
+        data["csrfmiddlewaretoken"] = staff.csrf_token
+        response = staff.post(
+            "/admin/notifications/notification/add/", data=data, csrf=False
+        )
+        self.assertEqual(response.status_code, 302, response.text[:3000])
+
+    def test_user_notification_reaches_every_session_of_that_user_only(self):
+        laptop, phone, other, anonymous = (
+            self.browser("carol"),
+            self.browser("carol"),
+            self.browser("dave"),
+            self.browser(),
+        )
+        staff = self.browser("staff")
+        streams = [b.listen() for b in (laptop, phone, other, anonymous)]
+        for stream in streams:
+            stream.next("stream-open")
+
+        self.admin_send(staff, audience="user", user=self.carol.pk, message="Hi Carol")
+
+        for stream in streams[:2]:
+            data = stream.next("notification").json()
+            self.assertEqual((data["message"], data["audience"]), ("Hi Carol", "user"))
+        for stream in streams[2:]:
+            self.assertEqual(stream.collect(wait=1.0), [])
+        self.assertEqual(Notification.objects.filter(user=self.carol).count(), 1)
+
+    def test_login_keeps_the_session_notifications_and_inbox(self):
+        browser = self.browser()
+        browser.press_button()
+        token_before = VisitorRow.objects.get().token
+        key_before = browser.session_key
+
+        browser.login("carol", "pw-carol-123")
+        page = browser.open_page()
+
+        self.assertNotEqual(browser.session_key, key_before)
+        self.assertEqual(VisitorRow.objects.get(token=token_before).user, self.carol)
+        self.assertIn("You pressed the button", page)
+        self.assertIn(f"user-{self.carol.pk}:", browser.last_event_id())
+        self.assertIn(f"session-{token_before}:", browser.last_event_id())
+
+    def test_logout_closes_the_session_streams_within_a_second(self):
+        browser = self.browser("carol")
+        stream = browser.listen()
+        stream.next("stream-open")
+        old_cookies = dict(browser.client.cookies)
+
+        started = time.monotonic()
+        response = browser.post("/accounts/logout/")
+        event = stream.next("session-changed", timeout=1.0)
+        stream._thread.join(timeout=1.0)
+        elapsed = time.monotonic() - started
+
+        self.assertEqual(response.status_code, 302)
+        self.assertEqual(event.json()["data"], {"reason": "logout"})
+        self.assertFalse(
+            stream._thread.is_alive(), "the stream stayed open after logout"
+        )
+        self.assertLess(elapsed, 2.0)
+        # Reconnecting with the old cookie finds no session and no user channel.
+        stale = Visitor(self.server.url)
+        self.addCleanup(stale.close)
+        stale.client.cookies.update(old_cookies)
+        retry = stale.listen()
+        self.assertEqual(retry.next("stream-error").json()["condition"], "no-session")
+        self.assertNotIn(f"user-{self.carol.pk}", bytes(retry.raw).decode())
+        self.assertIn("retry: 15000", bytes(retry.raw).decode())
+
+    def test_login_ends_the_anonymous_stream_so_it_reconnects_with_the_user(self):
+        browser = self.browser()
+        stream = browser.listen()
+        stream.next("stream-open")
+
+        browser.login("carol", "pw-carol-123")
+
+        self.assertEqual(
+            stream.next("session-changed").json()["data"], {"reason": "login"}
+        )
+        stream._thread.join(timeout=1.0)
+        self.assertFalse(stream._thread.is_alive())
+        fresh = browser.listen()
+        fresh.next("stream-open")
+        self.admin_send(
+            self.browser("staff"),
+            audience="user",
+            user=self.carol.pk,
+            message="Welcome",
+        )
+        self.assertEqual(fresh.next("notification").json()["message"], "Welcome")
+
+    def test_expired_session_gets_a_clear_error_and_no_stream(self):
+        from django.contrib.sessions.models import Session
+        from django.utils import timezone
+
+        browser = self.browser()
+        Session.objects.filter(session_key=browser.session_key).update(
+            expire_date=timezone.now() - timezone.timedelta(seconds=1)
+        )
+
+        stream = browser.listen()
+
+        self.assertEqual(stream.next("stream-error").json()["condition"], "no-session")
