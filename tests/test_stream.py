@@ -93,6 +93,21 @@ class LiveStreamTests(TransactionTestCase):
         self.assertEqual(bob_stream.collect(wait=1.0), [])
         self.assertNotIn(alice_token, bytes(bob_stream.raw).decode())
 
+    def test_multi_line_message_arrives_intact_as_one_event(self):
+        from notifications.models import Visitor as VisitorRow
+        from notifications.services import notification_send
+
+        token = re.search(r"session-([0-9a-f]{32})", self.alice.last_event_id()).group(1)
+        message = "first line\nsecond line\r\nthird\rfourth\n\ndata: not a field"
+        notification_send(message=message, visitor=VisitorRow.objects.get(token=token))
+
+        # Resuming from the rendered position replays the row from the table.
+        stream = self.alice.listen(f"?lastEventId={self.alice.last_event_id()}")
+
+        events = [stream.next("notification")] + stream.collect(wait=0.5)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0].json()["message"], message)
+
     def test_stream_without_session_gets_a_clear_error(self):
         stranger = Visitor(self.server.url)
         self.addCleanup(stranger.close)
