@@ -74,7 +74,9 @@ class SessionKeyNeverLeaksTests(TestCase):
 
 class NotificationTextIsNeverHtmlTests(TestCase):
     def setUp(self):
-        self.admin = get_user_model().objects.create_superuser("root", "r@example.com", "pw")
+        self.admin = get_user_model().objects.create_superuser(
+            "root", "r@example.com", "pw"
+        )
         self.client.force_login(self.admin)
         self.notification = notification_send(
             message='<img src=x onerror="alert(1)">', broadcast=True
@@ -106,13 +108,22 @@ class CorsTests(TransactionTestCase):
             self.addCleanup(browser.close)
             browser.open_page()
 
-            good = browser.listen(headers={"Referer": allowed + "/page", "Origin": allowed})
+            good = browser.listen(
+                headers={"Referer": allowed + "/page", "Origin": allowed}
+            )
             evil = browser.listen(
-                headers={"Referer": "https://evil.example/", "Origin": "https://evil.example"}
+                headers={
+                    "Referer": "https://evil.example/",
+                    "Origin": "https://evil.example",
+                }
             )
 
-            self.assertEqual(good.response_headers["access-control-allow-origin"], allowed)
-            self.assertEqual(good.response_headers["access-control-allow-credentials"], "true")
+            self.assertEqual(
+                good.response_headers["access-control-allow-origin"], allowed
+            )
+            self.assertEqual(
+                good.response_headers["access-control-allow-credentials"], "true"
+            )
             self.assertNotIn("access-control-allow-origin", evil.response_headers)
 
     def test_stream_sends_no_cors_headers_by_default(self):
@@ -124,4 +135,6 @@ class CorsTests(TransactionTestCase):
             stream = browser.listen(headers={"Origin": "https://evil.example"})
 
             self.assertNotIn("access-control-allow-origin", stream.response_headers)
-            self.assertNotIn("access-control-allow-credentials", stream.response_headers)
+            self.assertNotIn(
+                "access-control-allow-credentials", stream.response_headers
+            )

@@ -97,7 +97,9 @@ class LiveStreamTests(TransactionTestCase):
         from notifications.models import Visitor as VisitorRow
         from notifications.services import notification_send
 
-        token = re.search(r"session-([0-9a-f]{32})", self.alice.last_event_id()).group(1)
+        token = re.search(r"session-([0-9a-f]{32})", self.alice.last_event_id()).group(
+            1
+        )
         message = "first line\nsecond line\r\nthird\rfourth\n\ndata: not a field"
         notification_send(message=message, visitor=VisitorRow.objects.get(token=token))
 
