@@ -25,7 +25,7 @@ def app_views():
             for pattern in entry.url_patterns:
                 if isinstance(pattern, URLPattern):
                     name = f"notifications:{pattern.name}"
-                    kwargs = {key: 1 for key in pattern.pattern.regex.groupindex}
+                    kwargs = dict.fromkeys(pattern.pattern.regex.groupindex, 1)
                     yield name, reverse(name, kwargs=kwargs)
 
 
