@@ -74,6 +74,8 @@ def notification_send(
             payload=payload,
             seq=_next_seq(channel),
         )
+        # A PostgreSQL NOTIFY, when that is the transport, commits with the row.
+        transport.announce(notification)
         # Publish on commit: a rolled-back send must never reach a page, and a
         # page must never learn of a row it cannot read back yet.
         transaction.on_commit(lambda: transport.publish(notification))

@@ -16,6 +16,7 @@ from django_eventstream.utils import (
 from django_eventstream.views import events as eventstream_events
 
 from .conf import conf
+from .listener import with_listener
 from .models import Notification
 from .selectors import (
     channels_for,
@@ -123,6 +124,9 @@ def stream(request: HttpRequest) -> HttpResponse:
             json_encode=True,
         )
         response.streaming_content = _prepend(reset, response.streaming_content)
+    if isinstance(response, StreamingHttpResponse):
+        # This process's cross-process listener starts with its first stream.
+        response.streaming_content = with_listener(response.streaming_content)
     release_connection()
     return response
 
