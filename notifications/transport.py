@@ -41,8 +41,8 @@ WAKE_CHANNEL = "notifysite_notifications"
 # Guards `_marks`; taken before django-eventstream's own lock, never after it.
 _lock = threading.Lock()
 _marks: dict[str, int] = {}
-# Counts listener scans, so that a stream's first read can tell whether a scan
-# ran while it read the database (and may have passed over its channel).
+# Counts listener scans and mark moves, so that a stream's first read can tell
+# whether either happened while it read the database.
 _scan_generation = 0
 _listener_active = False
 
@@ -117,7 +117,7 @@ def publish_local(notification: Notification) -> None:
         if notification.seq <= mark:
             return
         if notification.seq == mark + 1:
-            _marks[channel] = notification.seq
+            _advance(channel, notification.seq)
             get_listener_manager().add_to_queues(channel, to_event(notification))
             return
     # Rows from other processes come first and are not here yet.
@@ -142,9 +142,16 @@ def deliver(rows: Iterable[Notification]) -> list[str]:
                 if row.channel not in gaps:
                     gaps.append(row.channel)
                 continue
-            _marks[row.channel] = row.seq
+            _advance(row.channel, row.seq)
             manager.add_to_queues(row.channel, to_event(row))
     return gaps
+
+
+def _advance(channel: str, seq: int) -> None:
+    # Called with _lock held.
+    global _scan_generation
+    _marks[channel] = seq
+    _scan_generation += 1
 
 
 def catch_up_channel(channel: str, *, upto: int | None = None) -> None:
@@ -204,8 +211,11 @@ def mark_for_read(channel: str, current: int, generation: int) -> int:
     """
     with _lock:
         mark = _marks.get(channel)
-        if mark is not None:
+        if mark is not None and (mark <= current or generation != _scan_generation):
             return mark
+        # A mark above the table's number, with no delivery since the read,
+        # means the channel's rows and counter were deleted (a flushed
+        # database): the table is the truth.
         _marks[channel] = current
         passed = generation != _scan_generation
     if passed:

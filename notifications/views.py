@@ -25,7 +25,7 @@ from .selectors import (
     request_user,
     visitor_for_request,
 )
-from .services import notification_send, visitor_ensure
+from .services import notification_send, report_job_enqueue, visitor_ensure
 from .storage import release_connection
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,14 @@ def button_pressed(request: HttpRequest) -> HttpResponse:
     notification_send(
         visitor=visitor, message="You pressed the button", level=Notification.Level.INFO
     )
+    return _done(request)
+
+
+@require_POST
+def report_start(request: HttpRequest) -> HttpResponse:
+    """Queue the report job for the requester's session, which it keeps informed."""
+    visitor = visitor_ensure(request)
+    report_job_enqueue(visitor)
     return _done(request)
 
 
