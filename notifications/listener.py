@@ -43,6 +43,7 @@ MAX_MISSING = 1000
 # connection: a wake-up lost on the way costs at most this long.
 SAFETY_INTERVAL = 15.0
 BACKOFF_FIRST = 0.25
+LISTENER_APPLICATION_NAME = "notifysite-listener"
 BACKOFF_MAX = 10.0
 
 
@@ -281,7 +282,12 @@ def postgres_params() -> dict[str, Any]:
     from django.db import connection
 
     settings = connection.settings_dict
-    params: dict[str, Any] = {"dbname": settings["NAME"], "connect_timeout": 5}
+    params: dict[str, Any] = {
+        "dbname": settings["NAME"],
+        "connect_timeout": 5,
+        # Names the connection in pg_stat_activity for operators (and tests).
+        "application_name": LISTENER_APPLICATION_NAME,
+    }
     for key, name in (
         ("USER", "user"),
         ("PASSWORD", "password"),
