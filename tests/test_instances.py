@@ -8,7 +8,10 @@ separate process.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 from django.test import SimpleTestCase
@@ -274,3 +277,62 @@ class RedisInstancesTests(InstancesMixin, SimpleTestCase):
 
     def drop_listener_connection(self):
         self.redis.restart()
+
+
+@requires_postgres
+class PostgresPollingTests(SimpleTestCase):
+    """The `database` transport on PostgreSQL, where ids can commit out of order."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.database = PostgresDatabase("i4poll").create()
+        cls.env = {
+            "DATABASE_URL": cls.database.url,
+            "NOTIFICATIONS_TRANSPORT": "database",
+            "NOTIFICATIONS_POLL_INTERVAL": "0.2",
+        }
+        cls.server = DaphneServer(env=cls.env).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.database.drop()
+        super().tearDownClass()
+
+    def test_row_committed_after_a_higher_id_is_still_delivered(self):
+        visitor = Visitor(self.server.url)
+        self.addCleanup(visitor.close)
+        visitor.open_page()
+        stream = visitor.listen()
+        stream.next("stream-open")
+        flag = Path(tempfile.mkdtemp()) / "inserted"
+        self.addCleanup(shutil.rmtree, flag.parent)
+        code = (
+            "import time\n"
+            "from pathlib import Path\n"
+            "from django.db import transaction\n"
+            "from notifications.models import Visitor\n"
+            "from notifications.services import notification_send\n"
+            "with transaction.atomic():\n"
+            f"    visitor = Visitor.objects.get(token='{session_token(visitor)}')\n"
+            "    notification_send(visitor=visitor, message='late')\n"
+            f"    Path('{flag}').write_text('x')\n"
+            "    time.sleep(1.5)\n"
+        )
+        slow = ManageProcess("shell", "-c", code, env=self.env).start()
+        self.addCleanup(slow.stop)
+        deadline = time.monotonic() + 20
+        while not flag.exists():
+            self.assertLess(time.monotonic(), deadline, slow.log())
+            time.sleep(0.05)
+
+        run_manage("notify", "--broadcast", "early", env=self.env)
+
+        early = stream.next("notification", timeout=2).json()
+        self.assertEqual(slow.wait(timeout=20), 0, slow.log())
+        late = stream.next("notification", timeout=2).json()
+        self.assertEqual((early["message"], late["message"]), ("early", "late"))
+        # The late row took its id first but committed second.
+        self.assertLess(late["id"], early["id"])
+        self.assertEqual(stream.collect(wait=0.5), [])
