@@ -198,12 +198,16 @@ def report_job_enqueue(visitor: Visitor) -> str:
     """
     from .tasks import PROGRESS_EVENT_TYPE, report_build
 
-    result = report_build.enqueue(visitor_id=visitor.pk)
-    notification_send(
-        visitor=visitor,
-        message="Report: queued (0%)",
-        event_type=PROGRESS_EVENT_TYPE,
-        payload={"job": str(result.id), "percent": 0, "step": "queued"},
-    )
+    # One transaction: a database-backed worker cannot see the job before the
+    # "queued" event is numbered, so the job's own events come after it.
+    with transaction.atomic():
+        result = report_build.enqueue(visitor_id=visitor.pk)
+        if not result.is_finished:
+            notification_send(
+                visitor=visitor,
+                message="Report: queued (0%)",
+                event_type=PROGRESS_EVENT_TYPE,
+                payload={"job": str(result.id), "percent": 0, "step": "queued"},
+            )
     logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
     return str(result.id)
