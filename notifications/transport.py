@@ -194,7 +194,11 @@ def scan_generation() -> int:
 def scan_finished() -> None:
     """Count a scan, and forget marks of channels no local stream listens to."""
     global _scan_generation
-    listening = set(get_listener_manager().listeners_by_channel)
+    manager = get_listener_manager()
+    # Streams register on the event loop while this runs on the listener's
+    # thread: copy the channel names under django-eventstream's lock.
+    with manager.lock:
+        listening = set(manager.listeners_by_channel)
     with _lock:
         _scan_generation += 1
         for channel in [c for c in _marks if c not in listening]:

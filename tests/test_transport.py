@@ -13,7 +13,7 @@ from django.test import TransactionTestCase
 
 from notifications.models import Notification
 
-from .processes import db_worker
+from .processes import db_worker, messages_until
 from .utils import DaphneServer, Visitor, current_database_url, run_manage
 
 
@@ -79,7 +79,7 @@ class DatabaseTransportTests(TransactionTestCase):
 
         manage("shell", "-c", code)
 
-        messages = [event.json()["message"] for event in stream.collect(wait=2.5)]
+        messages = messages_until(stream, "burst 24", timeout=3)
         self.assertEqual(messages, [f"burst {i}" for i in range(25)])
 
     def test_rolled_back_send_in_another_process_is_never_delivered(self):
@@ -99,8 +99,7 @@ class DatabaseTransportTests(TransactionTestCase):
 
         manage("shell", "-c", code)
 
-        messages = [event.json()["message"] for event in stream.collect(wait=2.5)]
-        self.assertEqual(messages, ["committed"])
+        self.assertEqual(messages_until(stream, "committed", timeout=3), ["committed"])
         self.assertFalse(Notification.objects.filter(message="rolled back").exists())
 
     def test_notify_command_refuses_unknown_targets_and_levels(self):
