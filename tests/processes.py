@@ -38,6 +38,8 @@ class ClonedPostgresDatabase(PostgresDatabase):
         template = _migrated_template()
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{template.name}"')
+        # Dropped at the end of the run too, should a class's teardown not run.
+        atexit.register(self.drop)
         return self
 
 
