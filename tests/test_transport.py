@@ -176,3 +176,47 @@ class ReportJobTests(TransactionTestCase):
             (accepted.status_code, accepted.headers["location"]), (302, "/")
         )
         self.assertEqual(Notification.objects.filter(event_type="progress").count(), 1)
+
+
+class ResumeAheadTests(TransactionTestCase):
+    """A page rendered from the table can be ahead of its server's listener."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # A slow poll keeps the listener behind the table for the whole test.
+        cls.server = DaphneServer(
+            env={
+                "NOTIFICATIONS_TRANSPORT": "database",
+                "NOTIFICATIONS_POLL_INTERVAL": "30",
+            }
+        ).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        super().tearDownClass()
+
+    def test_stream_resuming_past_the_listener_neither_resets_nor_repeats(self):
+        visitor = Visitor(self.server.url)
+        self.addCleanup(visitor.close)
+        visitor.open_page()
+        first_stream = visitor.listen()
+        first_stream.next("stream-open")
+        manage("notify", "--session", session_token(visitor), "From the shell")
+        visitor.open_page()
+        self.assertIn(":1", visitor.last_event_id())
+
+        stream = visitor.listen(f"?lastEventId={visitor.last_event_id()}")
+        stream.next("stream-open")
+        visitor.press_button()
+
+        events = stream.collect("notification", wait=1.0)
+        self.assertEqual(
+            [e.json()["message"] for e in events], ["You pressed the button"]
+        )
+        self.assertNotIn(b"stream-reset", bytes(stream.raw))
+        self.assertEqual(
+            [e.json()["message"] for e in first_stream.collect(wait=0.2)],
+            ["From the shell", "You pressed the button"],
+        )
