@@ -8,4 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("button-pressed/", views.button_pressed, name="button_pressed"),
     path("notifications/", views.stream, name="stream"),
+    path("notifications/unread/", views.unread, name="unread"),
+    path("notifications/<int:pk>/read/", views.mark_read, name="mark_read"),
+    path("notifications/read-all/", views.mark_all_read, name="mark_all_read"),
 ]
