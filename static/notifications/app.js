@@ -48,14 +48,37 @@
     return inbox.dataset.readUrl.replace(/\/0\/read\/$/, `/${id}/read/`);
   }
 
+  // Other tabs of this browser share the session: tell them what was read so
+  // their lists and counts follow without a reload.
+  const tabs = "BroadcastChannel" in window ? new BroadcastChannel("notifications") : null;
+
+  function forget(id) {
+    inbox.querySelector(`[data-id="${id}"]`)?.remove();
+    alerts.querySelector(`[data-id="${id}"]`)?.remove();
+  }
+
+  function forgetUpTo(upTo) {
+    document.querySelectorAll("#inbox [data-id], #alerts [data-id]").forEach((item) => {
+      if (Number(item.dataset.id) <= upTo) item.remove();
+    });
+  }
+
+  tabs?.addEventListener("message", (event) => {
+    const news = event.data || {};
+    if (news.kind === "read") forget(news.id);
+    if (news.kind === "read-all") forgetUpTo(news.upTo);
+    if (typeof news.count === "number") setCount(news.count);
+  });
+
   // Dismissing marks the notification read on the server, for every page of
   // this session; the answer carries the new unread count.
   async function markRead(id) {
-    inbox.querySelector(`[data-id="${id}"]`)?.remove();
-    alerts.querySelector(`[data-id="${id}"]`)?.remove();
+    forget(id);
     const response = await post(readUrl(id));
     if (response.ok) {
-      setCount((await response.json()).unread_count);
+      const count = (await response.json()).unread_count;
+      setCount(count);
+      tabs?.postMessage({ kind: "read", id, count });
     } else {
       console.warn("marking a notification read failed", response.status);
     }
@@ -169,16 +192,16 @@
 
   readAllForm.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const upTo = newestId; // what this page has shown; the form sends the same
     const response = await post(readAllForm.action, new FormData(readAllForm));
     if (!response.ok) {
       console.warn("marking all read failed", response.status);
       return;
     }
-    inbox.querySelectorAll("[data-id]").forEach((item) => {
-      if (Number(item.dataset.id) <= newestId) item.remove();
-    });
-    alerts.replaceChildren();
-    setCount((await response.json()).unread_count);
+    forgetUpTo(upTo);
+    const count = (await response.json()).unread_count;
+    setCount(count);
+    tabs?.postMessage({ kind: "read-all", upTo, count });
   });
 
   function parse(event) {
