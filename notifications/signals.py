@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
+from .models import ChannelSequence, Visitor
 from .selectors import visitor_for_request
 from .services import visitor_session_changed
 
@@ -36,3 +38,12 @@ def detach_user_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -
     visitor = visitor_for_request(request)
     if visitor is not None:
         visitor_session_changed(visitor, user=None, reason="logout")
+
+
+@receiver(post_delete, sender=Visitor, dispatch_uid="notifications_visitor_deleted")
+def forget_channel_of_deleted_visitor(
+    sender: Any, instance: Visitor, **kwargs: Any
+) -> None:
+    # The rows went with the Visitor (CASCADE); its counter row goes too, so
+    # nothing of the ended session is left to replay.
+    ChannelSequence.objects.filter(channel=instance.channel).delete()

@@ -39,7 +39,7 @@ class CheckSettingsTests(SimpleTestCase):
 
     @override_settings(EVENTSTREAM_ALLOW_ORIGINS=["https://app.example", "*"])
     def test_cors_wildcard_is_refused(self):
-        self.assertEqual(ids(check_settings()), ["notifications.E008"])
+        self.assertEqual(ids(check_settings()), ["notifications.E009"])
 
 
 class DeploySettingsTests(SimpleTestCase):

@@ -15,7 +15,11 @@ from .utils import DaphneServer
 from .utils import Visitor as Browser
 
 # Views that only read; every other view of the app changes state.
-READ_ONLY_VIEWS = {"notifications:index", "notifications:stream", "notifications:inbox"}
+READ_ONLY_VIEWS = {
+    "notifications:index",
+    "notifications:stream",
+    "notifications:unread",
+}
 
 
 def app_views():
@@ -43,6 +47,8 @@ class StateChangingViewsTests(TestCase):
             checked.append(name)
 
         self.assertIn("notifications:button_pressed", checked)
+        self.assertIn("notifications:mark_read", checked)
+        self.assertIn("notifications:report_start", checked)
         self.assertFalse(Notification.objects.exists())
 
 

@@ -401,21 +401,89 @@ class Visitor:
 
 
 class RecordingListener:
-    """Register a django-eventstream listener and record what reaches it."""
+    """Register a django-eventstream listener and record what its stream would send.
+
+    Like the stream, it takes queued events as they are and, when asked to
+    (`overflow`), re-reads the table from the position it has reached.
+    """
 
     def __init__(self, *channels: str) -> None:
         from django_eventstream.views import Listener, get_listener_manager
 
+        from notifications.storage import NotificationStorage
+
+        self.storage = NotificationStorage()
         self.manager = get_listener_manager()
         self.listener = Listener()
         self.listener.channels = set(channels)
         self.listener.wake_threadsafe = lambda: None  # no event loop in these tests
+        self.position = {c: self.storage.get_current_id(c) for c in channels}
+        self.received: list = []
         self.manager.add_listener(self.listener)
 
     def events(self) -> list:
-        return [
-            event for items in self.listener.channel_items.values() for event in items
-        ]
+        with self.manager.lock:
+            queued, overflow = self.listener.channel_items, self.listener.overflow
+            self.listener.channel_items, self.listener.overflow = {}, False
+        fresh = [event for items in queued.values() for event in items]
+        if overflow:
+            for channel, position in self.position.items():
+                fresh += self.storage.get_events(channel, position, limit=10**6)
+        for event in fresh:
+            self.position[event.channel] = event.id
+        self.received += fresh
+        return list(self.received)
 
     def close(self) -> None:
         self.manager.remove_listener(self.listener)
+
+
+class SenderProcess:
+    """`tests/sender.py` in a child process: one connection, one transaction."""
+
+    def __init__(self, database_url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.sender"],
+            cwd=BASE_DIR,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.replies: queue.Queue[dict] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.replies.put(json.loads(line))
+
+    def request(self, op: str, **arguments: object) -> None:
+        """Send a command without waiting for its answer."""
+        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self.process.stdin.flush()
+
+    def reply(self, timeout: float = 15.0) -> dict:
+        answer = self.replies.get(timeout=timeout)
+        assert answer["ok"], answer
+        return answer
+
+    def call(self, op: str, **arguments: object) -> dict:
+        self.request(op, **arguments)
+        return self.reply()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def session_token(visitor: Visitor) -> str:
+    """Return the session token a visitor's page shows in its stream position."""
+    match = re.search(r"session-([0-9a-f]{32})", visitor.last_event_id())
+    assert match, visitor.last_event_id()
+    return match.group(1)
