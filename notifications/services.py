@@ -12,6 +12,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -209,6 +210,10 @@ def visitor_session_changed(
     the browser reconnects with the session as it is now, so a stream never
     keeps a user's channel after that user logged out.
     """
+    if reason == "logout":
+        # The session's own rows end with it; the session-changed event below
+        # stays so that streams in other processes can still read it.
+        Notification.objects.filter(visitor=visitor).delete()
     visitor.user_id = user.pk if user is not None else None
     visitor.last_seen = timezone.now()
     visitor.save(update_fields=["user", "last_seen"])
@@ -318,6 +323,10 @@ def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -
         | Q(read_at__lt=now - timedelta(days=conf.READ_RETENTION_DAYS))
     )
     table = connection.ops.quote_name(Notification._meta.db_table)
+    # Visitors unseen for longer than a session lives belong to expired
+    # sessions, whatever the session backend: their rows go with them.
+    stale = now - timedelta(seconds=settings.SESSION_COOKIE_AGE)
+    Visitor.objects.filter(last_seen__lt=stale).delete()
     deleted = 0
     # Bounded: each pass deletes what it selected, so the table shrinks.
     for _ in range(1_000_000):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from io import StringIO
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.core.management import CommandError, call_command
@@ -137,6 +138,27 @@ class EndedSessionTests(TestCase):
         self.assertNotEqual(after.token, visitor.token)
         self.assertFalse(Notification.objects.filter(message="private").exists())
         self.assertNotContains(page, "private")
+        # Only the event that closes the ended session's streams is left.
+        self.assertEqual(
+            list(
+                Notification.objects.filter(visitor=visitor).values_list("event_type")
+            ),
+            [("session-changed",)],
+        )
+
+    def test_trim_removes_visitors_unseen_for_longer_than_a_session(self):
+        visitor = Visitor.objects.create(
+            last_seen=timezone.now()
+            - timedelta(seconds=settings.SESSION_COOKIE_AGE + 60)
+        )
+        notification_send(message="private", visitor=visitor)
+        recent = Visitor.objects.create()
+
+        call_command("notifications_trim", stdout=StringIO())
+
+        self.assertFalse(Visitor.objects.filter(pk=visitor.pk).exists())
+        self.assertFalse(Notification.objects.filter(message="private").exists())
         self.assertFalse(
             ChannelSequence.objects.filter(channel=visitor.channel).exists()
         )
+        self.assertTrue(Visitor.objects.filter(pk=recent.pk).exists())
