@@ -64,6 +64,17 @@ class Notification(models.Model):
         DANGER = "danger", "Danger"
 
     DEFAULT_EVENT_TYPE = "notification"
+    # Event types that steer the page (a job's progress, read state, a session
+    # that logged in or out) rather than tell the reader something: they are
+    # streamed and replayed like any row, but never listed in the inbox.
+    PROGRESS_EVENT_TYPE = "progress"
+    READ_EVENT_TYPE = "notification-read"
+    SESSION_CHANGED_EVENT_TYPE = "session-changed"
+    SIGNAL_EVENT_TYPES = (
+        PROGRESS_EVENT_TYPE,
+        READ_EVENT_TYPE,
+        SESSION_CHANGED_EVENT_TYPE,
+    )
 
     level = models.CharField(max_length=10, choices=Level.choices, default=Level.INFO)
     message = models.TextField()

@@ -83,8 +83,10 @@ def notifications_unread(
     )
     if user is not None:
         mine |= Q(read_at__isnull=True, user=user)
-    queryset = Notification.objects.filter(audience | mine).order_by(
-        "-created_at", "-id"
+    queryset = (
+        Notification.objects.filter(audience | mine)
+        .exclude(event_type__in=Notification.SIGNAL_EVENT_TYPES)
+        .order_by("-created_at", "-id")
     )
     if limit == 0:
         return queryset

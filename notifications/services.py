@@ -40,7 +40,11 @@ logger = logging.getLogger(__name__)
 EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 PAYLOAD_MAX_BYTES = 8192
 # Streams end when their session logs in or out (see visitor_session_changed).
-SESSION_CHANGED_EVENT = "session-changed"
+SESSION_CHANGED_EVENT = Notification.SESSION_CHANGED_EVENT_TYPE
+# Tells a reader's other pages what was read; past this many ids a page
+# reloads its inbox instead (the payload stays small).
+READ_EVENT = Notification.READ_EVENT_TYPE
+READ_EVENT_MAX_IDS = 500
 
 
 def notification_send(
@@ -261,14 +265,22 @@ def notification_mark_read(
     shared by everyone, gets a receipt for this reader only (its user when
     logged in, else its session). Marking a read notification again is a no-op.
     """
-    if notification.audience != "broadcast":
-        Notification.objects.filter(pk=notification.pk, read_at__isnull=True).update(
-            read_at=timezone.now()
-        )
-        return
-    BroadcastReceipt.objects.bulk_create(
-        [_receipt(notification.pk, visitor=visitor, user=user)], ignore_conflicts=True
-    )
+    with transaction.atomic():
+        if notification.audience != "broadcast":
+            changed = Notification.objects.filter(
+                pk=notification.pk, read_at__isnull=True
+            ).update(read_at=timezone.now())
+        else:
+            reader = Q(user=user) if user is not None else Q(visitor=visitor)
+            changed = not BroadcastReceipt.objects.filter(
+                reader, notification_id=notification.pk
+            ).exists()
+            BroadcastReceipt.objects.bulk_create(
+                [_receipt(notification.pk, visitor=visitor, user=user)],
+                ignore_conflicts=True,
+            )
+        if changed:
+            _announce_read(visitor=visitor, user=user, ids=[notification.pk])
 
 
 def notifications_mark_all_read(
@@ -297,7 +309,27 @@ def notifications_mark_all_read(
             ignore_conflicts=True,
             batch_size=500,
         )
+        if rows:
+            _announce_read(visitor=visitor, user=user, ids=[pk for pk, _, _ in rows])
     return len(rows)
+
+
+def _announce_read(
+    *, visitor: Visitor | None, user: AbstractBaseUser | None, ids: list[int]
+) -> None:
+    # The reader's other pages (tabs, devices) drop these from their inbox
+    # live. A logged-in reader's pages all hear the user channel; an anonymous
+    # reader's pages hear the session channel.
+    if visitor is None and user is None:
+        return
+    shown = ids[:READ_EVENT_MAX_IDS]
+    notification_send(
+        message=f"{len(ids)} notification(s) marked read.",
+        event_type=READ_EVENT,
+        visitor=None if user is not None else visitor,
+        user=user,
+        payload={"ids": shown, "complete": len(shown) == len(ids)},
+    )
 
 
 def _receipt(

@@ -21,7 +21,7 @@ from .services import notification_send
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVENT_TYPE = "progress"
+PROGRESS_EVENT_TYPE = Notification.PROGRESS_EVENT_TYPE
 
 
 def report_steps(visitor: Visitor) -> list[tuple[str, Any]]:

@@ -63,6 +63,28 @@ class LiveUserTests(TransactionTestCase):
             self.assertEqual(stream.collect(wait=1.0), [])
         self.assertEqual(Notification.objects.filter(user=self.carol).count(), 1)
 
+    def test_marking_read_on_one_device_updates_the_others_live(self):
+        from notifications.services import notification_send
+
+        laptop, phone = self.browser("carol"), self.browser("carol")
+        phone_stream = phone.listen()
+        phone_stream.next("stream-open")
+        notification = notification_send(user=self.carol, message="Read me once")
+        self.assertEqual(
+            phone_stream.next("notification", timeout=3).json()["id"], notification.pk
+        )
+
+        response = laptop.post(
+            f"/notifications/{notification.pk}/read/",
+            headers={"X-Requested-With": "fetch"},
+        )
+
+        self.assertEqual(response.status_code, 200)
+        event = phone_stream.next("notification-read", timeout=3).json()
+        self.assertEqual(event["data"], {"ids": [notification.pk], "complete": True})
+        unread = phone.client.get("/notifications/unread/").json()
+        self.assertNotIn(notification.pk, [n["id"] for n in unread["notifications"]])
+
     def test_login_keeps_the_session_notifications_and_inbox(self):
         browser = self.browser()
         browser.press_button()
