@@ -1,127 +1,447 @@
-// The page's side of live notifications: one EventSource on the stream, an
-// alert per notification, and the button that asks the server for one.
+// The page: alerts, the inbox and its unread badge, the report's progress bar,
+// the connection indicator and desktop notices. The live connection itself
+// (one stream shared by all tabs) is in connection.js.
 // Notification text is only ever set with textContent, never parsed as HTML.
 (() => {
   "use strict";
 
   const script = document.currentScript;
-  const streamUrl = script.dataset.streamUrl;
+  const config = script.dataset;
   const alerts = document.getElementById("alerts");
-  const stateLabel = document.getElementById("connection-state");
-  const seen = new Set(); // notification ids already shown on this page
+  const inbox = document.getElementById("inbox");
+  const inboxEmpty = inbox.querySelector(".inbox-empty");
+  const badge = document.getElementById("unread-count");
+  const stateBadge = document.getElementById("connection-state");
+  const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+  const baseTitle = document.title.replace(/^\(\d+\) /, "");
 
-  document.querySelectorAll("#inbox [data-id]").forEach((item) => {
+  const LEVELS = { info: "Info", success: "Success", warning: "Warning", danger: "Danger" };
+  // Info and success go away by themselves; warnings and dangers wait for the
+  // reader. The notification stays in the inbox either way until dismissed.
+  // A site can set window.notifysiteOptions = { autoHideMs } before this script.
+  const options = window.notifysiteOptions || {};
+  const hideAfter = Number(options.autoHideMs) > 0 ? Number(options.autoHideMs) : 6000;
+  const AUTO_HIDE_MS = { info: hideAfter, success: hideAfter };
+  const MAX_ALERTS = 5;
+
+  const seen = new Set(); // notification ids this page has shown or listed
+  let unreadCount = Number(badge.textContent) || 0;
+
+  inbox.querySelectorAll(".inbox-item[data-id]").forEach((item) => {
     seen.add(Number(item.dataset.id));
   });
 
-  function setState(state, text) {
-    stateLabel.dataset.state = state;
-    stateLabel.textContent = text;
+  // --- the unread badge ------------------------------------------------
+  function setUnread(count) {
+    unreadCount = Math.max(0, count);
+    badge.textContent = String(unreadCount);
+    badge.setAttribute("aria-label", `${unreadCount} unread`);
+    document.title = unreadCount ? `(${unreadCount}) ${baseTitle}` : baseTitle;
+    inboxEmpty.hidden = inbox.querySelector(".inbox-item") !== null;
   }
 
-  function showAlert(notification) {
-    if (seen.has(notification.id)) return; // the inbox or a replay had it already
-    seen.add(notification.id);
+  // --- the connection indicator ------------------------------------------
+  const STATES = {
+    connecting: ["Connecting…", "text-bg-secondary"],
+    live: ["Live", "text-bg-success"],
+    reconnecting: ["Reconnecting…", "text-bg-warning"],
+    offline: ["Offline", "text-bg-danger"],
+  };
 
+  function showState(state) {
+    const [label, style] = STATES[state] || STATES.connecting;
+    stateBadge.dataset.state = state;
+    stateBadge.classList.remove(...Object.values(STATES).map(([, name]) => name));
+    stateBadge.classList.add(style);
+    stateBadge.querySelector(".connection-label").textContent = label;
+    stateBadge.title = `Live updates: ${label.replace("…", "").toLowerCase()}`;
+  }
+
+  // --- server calls ----------------------------------------------------
+  async function post(url) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken, "X-Requested-With": "fetch" },
+      credentials: "same-origin",
+    });
+    if (!response.ok) console.warn("POST %s answered %d", url, response.status);
+    return response;
+  }
+
+  function markRead(id) {
+    // The page updates at once; the server's notification-read event then
+    // brings the other tabs and devices, and the exact count, in line.
+    const wasListed = removeFromInbox(id);
+    removeAlert(id);
+    if (wasListed) setUnread(unreadCount - 1);
+    post(`${config.inboxUrl}${id}/read/`).catch((error) => {
+      console.warn("marking notification %d read failed", id, error);
+    });
+  }
+
+  // --- alerts ----------------------------------------------------------
+  function findAlert(id) {
+    return alerts.querySelector(`.alert[data-id="${Number(id)}"]`);
+  }
+
+  function closeAlert(alert) {
+    if (!alert.isConnected) return;
+    if (alert.contains(document.activeElement)) {
+      // Keep keyboard focus on the page instead of losing it to <body>.
+      const next = alert.nextElementSibling || alert.previousElementSibling;
+      (next?.querySelector(".btn-close") || document.getElementById("main")).focus();
+    }
+    clearTimeout(alert._hideTimer);
+    const bootstrapAlert = window.bootstrap?.Alert;
+    if (bootstrapAlert) bootstrapAlert.getOrCreateInstance(alert).close();
+    else alert.remove();
+  }
+
+  function removeAlert(id) {
+    const alert = findAlert(id);
+    if (alert) closeAlert(alert);
+  }
+
+  function scheduleHide(alert, level) {
+    const delay = AUTO_HIDE_MS[level];
+    if (!delay) return;
+    const arm = () => {
+      clearTimeout(alert._hideTimer);
+      alert._hideTimer = setTimeout(() => closeAlert(alert), delay);
+    };
+    const hold = () => clearTimeout(alert._hideTimer);
+    // Reading or reaching it with the keyboard holds it on screen.
+    alert.addEventListener("mouseenter", hold);
+    alert.addEventListener("focusin", hold);
+    alert.addEventListener("mouseleave", arm);
+    alert.addEventListener("focusout", arm);
+    arm();
+  }
+
+  function showAlert(notification, missed) {
+    const level = LEVELS[notification.type] ? notification.type : "info";
     const alert = document.createElement("div");
-    alert.className = `alert alert-${notification.type}`;
-    alert.setAttribute("role", notification.type === "danger" ? "alert" : "status");
+    alert.className = `alert alert-${level} alert-dismissible fade show notify-alert shadow-sm`;
+    alert.setAttribute("role", level === "danger" ? "alert" : "status");
     alert.dataset.id = String(notification.id);
+    alert.dataset.level = level;
 
-    const text = document.createElement("span");
+    const heading = document.createElement("strong");
+    heading.className = "notify-level";
+    heading.textContent = LEVELS[level];
+    alert.append(heading);
+
+    if (missed) {
+      const note = document.createElement("span");
+      note.className = "notify-missed badge rounded-pill text-bg-light border ms-2";
+      note.textContent = "while you were away";
+      alert.append(note);
+    }
+
+    const text = document.createElement("div");
     text.className = "alert-text";
     text.textContent = notification.message;
     alert.append(text);
 
     const close = document.createElement("button");
     close.type = "button";
-    close.className = "alert-close";
-    close.setAttribute("aria-label", "Dismiss");
-    close.textContent = "×";
-    close.addEventListener("click", () => alert.remove());
+    close.className = "btn-close";
+    close.setAttribute("aria-label", `Dismiss: ${LEVELS[level]}`);
+    close.addEventListener("click", () => markRead(notification.id));
     alert.append(close);
 
     alerts.prepend(alert);
+    // Newest on top; the oldest leave the stack but stay in the inbox.
+    const stacked = alerts.querySelectorAll(".alert");
+    for (let i = MAX_ALERTS; i < stacked.length; i += 1) stacked[i].remove();
+    scheduleHide(alert, level);
   }
 
-  function parse(event) {
+  // --- the inbox -------------------------------------------------------
+  function inboxItem(notification) {
+    const level = LEVELS[notification.type] ? notification.type : "info";
+    const item = document.createElement("li");
+    item.className = `list-group-item inbox-item level-${level} inbox-item-new`;
+    item.dataset.id = String(notification.id);
+    item.dataset.level = level;
+
+    const levelBadge = document.createElement("span");
+    levelBadge.className = `badge level-badge level-badge-${level}`;
+    levelBadge.textContent = LEVELS[level];
+
+    const body = document.createElement("div");
+    body.className = "inbox-body";
+    const message = document.createElement("div");
+    message.className = "message";
+    message.textContent = notification.message;
+    const time = document.createElement("time");
+    time.className = "small text-body-secondary";
+    const created = new Date(notification.created);
+    if (!Number.isNaN(created.getTime())) {
+      time.dateTime = created.toISOString();
+      time.textContent = created.toLocaleString();
+    }
+    body.append(message, time);
+
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "btn-close";
+    close.setAttribute("aria-label", "Mark read");
+    item.append(levelBadge, body, close);
+    return item;
+  }
+
+  function addToInbox(notification) {
+    inbox.prepend(inboxItem(notification));
+  }
+
+  function removeFromInbox(id) {
+    const item = inbox.querySelector(`.inbox-item[data-id="${Number(id)}"]`);
+    if (!item) return false;
+    item.remove();
+    return true;
+  }
+
+  function clearInbox() {
+    inbox.querySelectorAll(".inbox-item").forEach((item) => item.remove());
+    alerts.querySelectorAll(".alert").forEach((alert) => closeAlert(alert));
+  }
+
+  // The inbox's own buttons: one handler for the list, with or without script.
+  inbox.addEventListener("click", (event) => {
+    const button = event.target.closest(".btn-close");
+    const item = button?.closest(".inbox-item");
+    if (!item) return;
+    event.preventDefault();
+    markRead(Number(item.dataset.id));
+  });
+
+  document.getElementById("read-all-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearInbox();
+    setUnread(0);
+    post(config.readAllUrl).catch((error) => console.warn("mark all read failed", error));
+  });
+
+  // After a reset the page cannot know what it missed: load the inbox again.
+  async function reloadInbox() {
     try {
-      return JSON.parse(event.data);
+      const response = await fetch(config.inboxUrl, {
+        headers: { Accept: "application/json", "X-Requested-With": "fetch" },
+        credentials: "same-origin",
+      });
+      if (!response.ok) throw new Error(`inbox answered ${response.status}`);
+      const listing = await response.json();
+      inbox.querySelectorAll(".inbox-item").forEach((item) => item.remove());
+      // Newest first in the listing; append keeps that order.
+      for (const notification of listing.notifications) {
+        seen.add(notification.id);
+        inbox.insertBefore(inboxItem(notification), inboxEmpty);
+      }
+      setUnread(listing.unread_count);
     } catch (error) {
-      console.warn("ignoring an event whose data is not JSON", error);
-      return null;
+      console.warn("reloading the inbox failed; reloading the page", error);
+      window.location.reload();
     }
   }
 
-  // Resume from the newest event the server rendered into the page, so that a
-  // notification sent while the page was loading still arrives.
-  const lastEventId = JSON.parse(document.getElementById("last-event-id").textContent);
-  let source = null;
+  // --- the report's progress bar ---------------------------------------
+  const progress = document.getElementById("report-progress");
+  let currentJob = null;
 
-  function connect(resumeFrom) {
-    const url = resumeFrom ? `${streamUrl}?lastEventId=${encodeURIComponent(resumeFrom)}` : streamUrl;
-    source = new EventSource(url);
-    setState("connecting", "connecting…");
+  function showProgress(update) {
+    if (!progress || !update) return;
+    const percent = Math.max(0, Math.min(100, Number(update.percent) || 0));
+    currentJob = update.job ?? currentJob;
+    progress.hidden = false;
+    const bar = progress.querySelector(".progress-bar");
+    const track = progress.querySelector(".progress");
+    bar.style.width = `${percent}%`;
+    bar.classList.remove("bg-success", "bg-danger");
+    bar.classList.toggle("progress-bar-animated", percent < 100);
+    track.setAttribute("aria-valuenow", String(percent));
+    track.setAttribute("aria-valuetext", `${percent}%${update.step ? `, ${update.step}` : ""}`);
+    document.getElementById("report-percent").textContent = `${percent}%`;
+    document.getElementById("report-step").textContent = update.step || "Working";
+    if (percent >= 100) bar.classList.add("bg-success");
+  }
 
-    source.addEventListener("open", () => setState("live", "live"));
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) {
-        setState("offline", "offline");
-        retryLater();
-      } else {
-        setState("reconnecting", "reconnecting…");
+  function finishProgress(notification) {
+    // The job's last word is an ordinary notification; it also settles the bar.
+    const job = notification.data?.job;
+    if (!progress || progress.hidden || (job && currentJob && job !== currentJob)) return;
+    if (notification.type !== "success" && notification.type !== "danger") return;
+    const bar = progress.querySelector(".progress-bar");
+    bar.classList.remove("progress-bar-animated");
+    bar.classList.add(notification.type === "success" ? "bg-success" : "bg-danger");
+    if (notification.type === "success") {
+      bar.style.width = "100%";
+      progress.querySelector(".progress").setAttribute("aria-valuenow", "100");
+      document.getElementById("report-percent").textContent = "100%";
+    }
+    document.getElementById("report-step").textContent =
+      notification.type === "success" ? "Done" : "Failed";
+  }
+
+  const reportForm = document.getElementById("report-form");
+  if (reportForm) {
+    reportForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showProgress({ percent: 0, step: "Queued" });
+      currentJob = null;
+      try {
+        await post(reportForm.action);
+      } catch (error) {
+        console.warn("starting the report failed", error);
       }
     });
+  }
 
-    // Each event type gets its own listener. "notification" shows an alert;
-    // another type, say "progress", would be added the same way with its own
-    // behaviour, e.g. source.addEventListener("progress", updateProgressBar).
-    source.addEventListener("notification", (event) => {
-      const notification = parse(event);
-      if (notification) showAlert(notification);
+  // --- desktop notices ---------------------------------------------------
+  // Asked for only when the visitor presses the button, never on load; shown
+  // only while this tab is hidden. The tag lets the system show one notice
+  // when several hidden tabs of the visitor raise the same notification.
+  const DESKTOP_KEY = "notifysite:desktop-notices";
+  const desktopButton = document.getElementById("desktop-notices");
+  const canNotify = typeof window.Notification === "function";
+
+  function desktopEnabled() {
+    return (
+      canNotify &&
+      Notification.permission === "granted" &&
+      window.localStorage?.getItem(DESKTOP_KEY) === "on"
+    );
+  }
+
+  function showDesktopButton() {
+    if (!desktopButton || !canNotify) return;
+    desktopButton.hidden = false;
+    const on = desktopEnabled();
+    desktopButton.setAttribute("aria-pressed", String(on));
+    desktopButton.classList.toggle("btn-secondary", on);
+    desktopButton.classList.toggle("btn-outline-secondary", !on);
+    desktopButton.disabled = Notification.permission === "denied";
+    desktopButton.title =
+      Notification.permission === "denied"
+        ? "Desktop notices are blocked in this browser's site settings"
+        : on
+          ? "Desktop notices are on while this tab is hidden; press to turn off"
+          : "Show a desktop notice when a notification arrives while this tab is hidden";
+  }
+
+  if (desktopButton && canNotify) {
+    desktopButton.addEventListener("click", async () => {
+      if (desktopEnabled()) {
+        window.localStorage.removeItem(DESKTOP_KEY);
+      } else {
+        const answer =
+          Notification.permission === "default"
+            ? await Notification.requestPermission()
+            : Notification.permission;
+        if (answer === "granted") window.localStorage.setItem(DESKTOP_KEY, "on");
+      }
+      showDesktopButton();
     });
+    showDesktopButton();
+  }
 
-    source.addEventListener("stream-reset", () => {
-      // The server could not resume from our position: what we missed is in
-      // the inbox, so load the page's state again instead of showing a gap.
-      window.location.reload();
-    });
+  function desktopNotice(notification) {
+    if (document.visibilityState !== "hidden" || !desktopEnabled()) return;
+    try {
+      const notice = new Notification(`notifysite: ${LEVELS[notification.type] || "Info"}`, {
+        body: notification.message,
+        tag: `notifysite-${notification.id}`,
+      });
+      notice.addEventListener("click", () => {
+        window.focus();
+        notice.close();
+      });
+    } catch (error) {
+      console.warn("desktop notice failed", error);
+    }
+  }
 
-    source.addEventListener("stream-error", (event) => {
-      const error = parse(event) || {};
-      source.close();
-      setState("offline", "offline");
-      if (error.condition === "no-session") {
+  // --- events ------------------------------------------------------------
+  // Each event type has its own listener and behaviour.
+  const handlers = {
+    notification(notification, meta) {
+      if (!notification || seen.has(notification.id)) return; // listed or replayed
+      seen.add(notification.id);
+      showAlert(notification, meta.missed);
+      addToInbox(notification);
+      setUnread(unreadCount + 1);
+      finishProgress(notification);
+      desktopNotice(notification);
+    },
+    "notification-read"(event) {
+      const read = event?.data || {};
+      if (read.all) {
+        clearInbox();
+      } else if (Array.isArray(read.ids)) {
+        for (const id of read.ids) {
+          removeFromInbox(id);
+          removeAlert(id);
+        }
+      }
+      if (Number.isInteger(read.unread_count)) setUnread(read.unread_count);
+      else setUnread(inbox.querySelectorAll(".inbox-item").length);
+    },
+    progress(event) {
+      showProgress(event?.data);
+    },
+    "stream-reset"() {
+      // Jitter: every page of a reset server would otherwise ask at once.
+      setTimeout(reloadInbox, Math.random() * 500);
+    },
+    "stream-error"(error) {
+      if (error?.condition === "no-session") {
         // The session ended; a fresh page load gives this browser a new one.
-        setTimeout(() => window.location.reload(), jitter(1000));
-      } else {
-        retryLater();
+        setTimeout(() => window.location.reload(), 1000 + Math.random() * 1000);
       }
+    },
+  };
+
+  const position = JSON.parse(document.getElementById("last-event-id").textContent);
+
+  if (typeof window.EventSource === "function") {
+    window.notifysiteConnection.start({
+      streamUrl: config.streamUrl,
+      position,
+      eventTypes: Object.keys(handlers),
+      onEvent: (type, data, meta) => handlers[type]?.(data, meta),
+      onState: showState,
     });
+  } else {
+    // No EventSource at all: poll the inbox now and then instead.
+    showState("offline");
+    const poll = async () => {
+      try {
+        const response = await fetch(config.inboxUrl, { credentials: "same-origin" });
+        if (response.ok) {
+          const listing = await response.json();
+          for (const notification of [...listing.notifications].reverse()) {
+            if (!seen.has(notification.id)) handlers.notification(notification, {});
+          }
+          setUnread(listing.unread_count);
+        }
+      } finally {
+        setTimeout(poll, 20000 + Math.random() * 10000);
+      }
+    };
+    setTimeout(poll, Math.random() * 5000);
   }
 
-  let retries = 0;
-  function jitter(base) {
-    return base + Math.random() * base;
-  }
-  function retryLater() {
-    retries = Math.min(retries + 1, 6);
-    setTimeout(() => connect(null), jitter(500 * 2 ** retries));
-  }
-
-  connect(lastEventId);
-
-  // The button posts with the CSRF token and stays on the page; without
-  // JavaScript the same form posts normally and the server redirects back.
+  // The buttons post with the CSRF token and stay on the page; without
+  // JavaScript the same forms post normally and the server redirects back.
   const form = document.getElementById("button-form");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
-    const response = await fetch(form.action, {
-      method: "POST",
-      headers: { "X-CSRFToken": token, "X-Requested-With": "fetch" },
-      credentials: "same-origin",
-    });
-    if (!response.ok) console.warn("the button press failed", response.status);
+    try {
+      await post(form.action);
+    } catch (error) {
+      console.warn("the button press failed", error);
+    }
   });
+
+  setUnread(unreadCount);
 })();
