@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from unittest import mock
 
 from django.contrib.auth import get_user_model
 from django.test import TransactionTestCase
@@ -60,9 +61,13 @@ class BrowserTestCase(TransactionTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        # Playwright's sync API keeps an event loop in this thread, and the
-        # test's own ORM calls are plain synchronous code between its calls.
-        os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        # Playwright's sync API keeps an event loop running in this thread, so
+        # Django takes the test's own ORM calls (plain synchronous code between
+        # Playwright calls) for calls from async code. Allowed for this class
+        # only; the patch is undone after tearDownClass.
+        cls.enterClassContext(
+            mock.patch.dict(os.environ, {"DJANGO_ALLOW_ASYNC_UNSAFE": "true"})
+        )
         from playwright.sync_api import sync_playwright
 
         cls.server = DaphneServer(env=cls.server_env).start()
@@ -97,7 +102,9 @@ class BrowserTestCase(TransactionTestCase):
 
     def wait_state(self, page, state: str, timeout: int = WAIT_MS) -> None:
         page.wait_for_selector(
-            f'#connection-state[data-state="{state}"]', state="attached", timeout=timeout
+            f'#connection-state[data-state="{state}"]',
+            state="attached",
+            timeout=timeout,
         )
 
     def alert(self, page, text: str):
@@ -193,6 +200,31 @@ class BrowserPageTests(BrowserTestCase):
         self.assertEqual(page.locator("#inbox img").count(), 0)
         self.assertIsNone(page.evaluate("window.__pwned"))
 
+    def test_reset_reloads_the_inbox_with_what_the_stream_could_not_replay(self):
+        context = self.new_visitor()
+        held = self.hold_streams(context)
+        page = self.open_page(context, wait_live=False)
+        page.evaluate("window.__sameDocument = true")
+        notification_send(
+            visitor=self.visitor_row(page), message="Lost in a gap", level="warning"
+        )
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(50)
+
+        # A position the server cannot resume from: it answers with a reset.
+        held[0].continue_(url=f"{self.server.url}/notifications/?lastEventId=garbage")
+        context.unroute(STREAM_URL)
+
+        page.wait_for_selector("#inbox .inbox-item >> text=Lost in a gap")
+        self.wait_state(page, "live")
+        self.assertEqual(self.unread(page), 1)
+        self.assertEqual(self.alert(page, "Lost in a gap").count(), 0)
+        if endpoint_exists("/inbox/"):
+            # Reloaded through GET /inbox/, not by reloading the page.
+            self.assertTrue(page.evaluate("window.__sameDocument"))
+
     def test_info_alert_hides_by_itself_but_a_warning_stays(self):
         context = self.new_visitor()
         # A page option: a shorter auto-hide, so the test does not wait 6 s.
@@ -228,13 +260,16 @@ class BrowserPageTests(BrowserTestCase):
         self.release(context, held, page)
 
         page.wait_for_selector('#report-progress .progress[aria-valuenow="60"]')
-        self.assertEqual(page.locator("#report-step").text_content(), "Crunching numbers")
+        self.assertEqual(
+            page.locator("#report-step").text_content(), "Crunching numbers"
+        )
         self.assertEqual(
             page.locator("#report-progress .progress-bar").get_attribute("style"),
             "width: 60%;",
         )
         self.assertEqual(page.locator("#alerts .alert").count(), 0)
         self.assertEqual(self.unread(page), 0)
+        self.screenshot(page, "page-progress-desktop")
 
     def test_desktop_notice_is_asked_only_on_the_button_and_shown_when_hidden(self):
         context = self.new_visitor()
@@ -298,8 +333,13 @@ class BrowserPageTests(BrowserTestCase):
 
             for level, message in messages.items():
                 alert = self.alert(page, message)
-                alert.wait_for()
+                alert.wait_for(state="attached")
                 self.assertIn(f"alert-{level}", alert.get_attribute("class"))
+            # Newest on top; a phone shows only the two newest over the page.
+            visible = page.locator("#alerts .alert:visible .alert-text")
+            newest_first = list(reversed(messages.values()))
+            shown = 2 if name == "phone" else 4
+            self.assertEqual(visible.all_text_contents(), newest_first[:shown])
             page.wait_for_timeout(400)  # the slide-in animation ends
             path = self.screenshot(page, f"page-alerts-{name}")
             self.assertGreater(path.stat().st_size, 10_000)
@@ -378,8 +418,12 @@ class BrowserAdminTests(BrowserTestCase):
             )
             self.assertEqual(response.status_code, 302, response.text[:2000])
 
-        send(audience="session", visitor=self.visitor_row(carol).pk, level="success",
-             message="Only for Carol")
+        send(
+            audience="session",
+            visitor=self.visitor_row(carol).pk,
+            level="success",
+            message="Only for Carol",
+        )
         send(audience="broadcast", level="warning", message="Maintenance at noon")
 
         for page in pages:
@@ -389,7 +433,9 @@ class BrowserAdminTests(BrowserTestCase):
         self.alert(carol, "Only for Carol").wait_for()
         for page in (alice, bob):
             self.assertEqual(self.alert(page, "Only for Carol").count(), 0)
-            self.assertEqual(page.locator("#inbox", has_text="Only for Carol").count(), 0)
+            self.assertEqual(
+                page.locator("#inbox", has_text="Only for Carol").count(), 0
+            )
             self.assertEqual(self.unread(page), 1)
         self.assertEqual(self.unread(carol), 2)
 
@@ -442,7 +488,9 @@ class BrowserRestartTests(BrowserTestCase):
         self.wait_state(page, "reconnecting")
         # Sent while the server is down: committed to the shared database,
         # then replayed by the restarted server from the page's position.
-        notification_send(visitor=row, message="Sent during the outage", level="warning")
+        notification_send(
+            visitor=row, message="Sent during the outage", level="warning"
+        )
         self.server.start()
 
         self.wait_state(page, "live", timeout=30_000)

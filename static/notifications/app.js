@@ -129,19 +129,19 @@
     const heading = document.createElement("strong");
     heading.className = "notify-level";
     heading.textContent = LEVELS[level];
-    alert.append(heading);
-
-    if (missed) {
-      const note = document.createElement("span");
-      note.className = "notify-missed badge rounded-pill text-bg-light border ms-2";
-      note.textContent = "while you were away";
-      alert.append(note);
-    }
-
-    const text = document.createElement("div");
+    const text = document.createElement("span");
     text.className = "alert-text";
     text.textContent = notification.message;
-    alert.append(text);
+    const body = document.createElement("div");
+    body.className = "notify-body";
+    body.append(heading, " ", text);
+    if (missed) {
+      const note = document.createElement("span");
+      note.className = "notify-missed";
+      note.textContent = "Sent while you were away";
+      body.append(note);
+    }
+    alert.append(body);
 
     const close = document.createElement("button");
     close.type = "button";
@@ -158,6 +158,22 @@
   }
 
   // --- the inbox -------------------------------------------------------
+  // Times in the reader's own zone and format; the server renders UTC for
+  // pages without script.
+  const timeFormat = new Intl.DateTimeFormat(undefined, {
+    dateStyle: "medium",
+    timeStyle: "short",
+  });
+
+  function localTime(element) {
+    const when = new Date(element.dateTime);
+    if (Number.isNaN(when.getTime())) return;
+    element.textContent = timeFormat.format(when);
+    element.title = when.toISOString();
+  }
+
+  inbox.querySelectorAll("time[datetime]").forEach(localTime);
+
   function inboxItem(notification) {
     const level = LEVELS[notification.type] ? notification.type : "info";
     const item = document.createElement("li");
@@ -176,11 +192,8 @@
     message.textContent = notification.message;
     const time = document.createElement("time");
     time.className = "small text-body-secondary";
-    const created = new Date(notification.created);
-    if (!Number.isNaN(created.getTime())) {
-      time.dateTime = created.toISOString();
-      time.textContent = created.toLocaleString();
-    }
+    time.dateTime = notification.created || "";
+    localTime(time);
     body.append(message, time);
 
     const close = document.createElement("button");
