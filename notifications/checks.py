@@ -55,6 +55,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="notifications.E004",
             )
         )
+    for name in ("RETENTION_DAYS", "READ_RETENTION_DAYS", "INBOX_LIMIT"):
+        value = getattr(conf, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS_{name} must be a positive integer, not {value!r}.",
+                    id="notifications.E008",
+                )
+            )
     transport = conf.TRANSPORT
     if transport is not None and transport not in TRANSPORTS:
         errors.append(

@@ -59,6 +59,8 @@ def notifications_unread(
 ) -> QuerySet[Notification]:
     """Return the unread notifications for a page, newest first.
 
+    `limit` defaults to NOTIFICATIONS_INBOX_LIMIT; 0 returns them all.
+
     A page sees its session's and its user's rows, and broadcasts sent since
     the session (or the user) first appeared that this reader has not dismissed.
     """
@@ -84,4 +86,24 @@ def notifications_unread(
     queryset = Notification.objects.filter(audience | mine).order_by(
         "-created_at", "-id"
     )
+    if limit == 0:
+        return queryset
     return queryset[: limit or conf.INBOX_LIMIT]
+
+
+def notification_for_reader(
+    *, pk: int, visitor: Visitor | None, user: AbstractBaseUser | None
+) -> Notification | None:
+    """Return notification `pk` if this reader is its audience, else None.
+
+    A reader owns its session's rows, its user's rows and broadcasts; another
+    session's or user's row is treated as if it did not exist.
+    """
+    audience = Q(visitor__isnull=True, user__isnull=True)
+    if visitor is not None:
+        audience |= Q(visitor=visitor)
+    if user is not None:
+        audience |= Q(user=user)
+    if visitor is None and user is None:
+        return None
+    return Notification.objects.filter(audience, pk=pk).first()

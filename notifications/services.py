@@ -9,19 +9,27 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
 from . import transport
 from .conf import conf
-from .models import ChannelSequence, Notification, Visitor, channel_for
-from .selectors import SESSION_TOKEN_KEY, visitor_for_request
+from .models import (
+    BroadcastReceipt,
+    ChannelSequence,
+    Notification,
+    Visitor,
+    channel_for,
+)
+from .selectors import SESSION_TOKEN_KEY, notifications_unread, visitor_for_request
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +215,88 @@ def report_job_enqueue(visitor: Visitor) -> str:
     )
     logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
     return str(result.id)
+
+
+def notification_mark_read(
+    *,
+    notification: Notification,
+    visitor: Visitor | None,
+    user: AbstractBaseUser | None,
+) -> None:
+    """Mark one notification read for this reader.
+
+    A session's or user's row is read for all of its pages; a broadcast, one row
+    shared by everyone, gets a receipt for this reader only (its user when
+    logged in, else its session). Marking a read notification again is a no-op.
+    """
+    if notification.audience != "broadcast":
+        Notification.objects.filter(pk=notification.pk, read_at__isnull=True).update(
+            read_at=timezone.now()
+        )
+        return
+    BroadcastReceipt.objects.bulk_create(
+        [_receipt(notification.pk, visitor=visitor, user=user)], ignore_conflicts=True
+    )
+
+
+def notifications_mark_all_read(
+    *,
+    visitor: Visitor | None,
+    user: AbstractBaseUser | None,
+    up_to: int | None = None,
+) -> int:
+    """Mark every unread notification of this reader read; return how many.
+
+    `up_to`, the newest notification id the reader has seen, keeps one that
+    arrived after the reader looked from being marked unseen.
+    """
+    unread = notifications_unread(visitor=visitor, user=user, limit=0)
+    if up_to is not None:
+        unread = unread.filter(pk__lte=up_to)
+    rows = list(unread.values_list("pk", "visitor_id", "user_id"))
+    own = [pk for pk, visitor_id, user_id in rows if visitor_id or user_id]
+    broadcasts = [pk for pk, visitor_id, user_id in rows if not (visitor_id or user_id)]
+    with transaction.atomic():
+        Notification.objects.filter(pk__in=own, read_at__isnull=True).update(
+            read_at=timezone.now()
+        )
+        BroadcastReceipt.objects.bulk_create(
+            [_receipt(pk, visitor=visitor, user=user) for pk in broadcasts],
+            ignore_conflicts=True,
+            batch_size=500,
+        )
+    return len(rows)
+
+
+def _receipt(
+    notification_pk: int, *, visitor: Visitor | None, user: AbstractBaseUser | None
+) -> BroadcastReceipt:
+    # One receipt per reader, matching how notifications_unread looks them up.
+    if user is not None:
+        return BroadcastReceipt(notification_id=notification_pk, user=user)
+    return BroadcastReceipt(notification_id=notification_pk, visitor=visitor)
+
+
+def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -> int:
+    """Delete expired notifications in batches; return how many were deleted.
+
+    A notification expires NOTIFICATIONS_RETENTION_DAYS after it was sent, or
+    NOTIFICATIONS_READ_RETENTION_DAYS after it was read. Each batch is a few
+    set-based statements, not one per row. A client that later resumes from
+    before a trimmed row gets a reset and reloads its inbox.
+    """
+    now = now or timezone.now()
+    expired = Notification.objects.filter(
+        Q(created_at__lt=now - timedelta(days=conf.RETENTION_DAYS))
+        | Q(read_at__lt=now - timedelta(days=conf.READ_RETENTION_DAYS))
+    )
+    deleted = 0
+    # Bounded: each pass deletes what it selected, so the table shrinks.
+    for _ in range(1_000_000):
+        batch = list(expired.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            break
+        Notification.objects.filter(pk__in=batch).delete()
+        deleted += len(batch)
+    logger.info("trimmed %s expired notifications", deleted)
+    return deleted

@@ -14,7 +14,7 @@ from django.contrib.sessions.models import Session
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-from .models import Visitor
+from .models import ChannelSequence, Visitor
 from .selectors import SESSION_TOKEN_KEY
 
 logger = logging.getLogger(__name__)
@@ -43,3 +43,12 @@ def forget_visitor_of_deleted_session(
         return
     if token:
         Visitor.objects.filter(token=token).delete()
+
+
+@receiver(post_delete, sender=Visitor, dispatch_uid="notifications_visitor_deleted")
+def forget_channel_of_deleted_visitor(
+    sender: Any, instance: Visitor, **kwargs: Any
+) -> None:
+    # The rows went with the Visitor (CASCADE); its counter row goes too, so
+    # nothing of the ended session is left to replay.
+    ChannelSequence.objects.filter(channel=instance.channel).delete()

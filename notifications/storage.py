@@ -54,14 +54,16 @@ class NotificationStorage(StorageBase):
     def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
         """Return the events after `last_id`, in order, or raise EventDoesNotExist.
 
-        Numbers on a channel have no gaps, so a first row that is not
-        `last_id + 1` means the client missed rows that are gone (trimmed, or
-        an id from another database): the caller then sends a reset.
+        Numbers on a channel have no gaps (a rolled-back send gives its number
+        back), so any hole between `last_id` and the channel's current number
+        means rows the client never saw are gone: trimmed, deleted, or the id
+        came from another database. The caller then sends a reset instead of
+        a partial list.
         """
         generation = transport.scan_generation()
         try:
             current = current_seqs([channel])[channel]
-            if last_id > current:
+            if last_id < 0 or last_id > current:
                 raise EventDoesNotExist(f"No event {last_id} on this channel", current)
         finally:
             release_connection()
@@ -73,14 +75,18 @@ class NotificationStorage(StorageBase):
             return []
         if last_id == reach:
             return []
+        seqs_wanted = min(limit, reach - last_id)
         try:
             rows = list(
                 Notification.objects.filter(
-                    channel=channel, seq__gt=last_id, seq__lte=reach
-                ).order_by("seq")[:limit]
+                    channel=channel, seq__gt=last_id, seq__lte=last_id + seqs_wanted
+                ).order_by("seq")
             )
         finally:
             release_connection()
-        if not rows or rows[0].seq != last_id + 1:
+        # Every number in the window must be there, once, in order.
+        if [row.seq for row in rows] != list(
+            range(last_id + 1, last_id + seqs_wanted + 1)
+        ):
             raise EventDoesNotExist(f"Events after {last_id} were removed", reach)
         return [to_event(row) for row in rows]

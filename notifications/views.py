@@ -2,8 +2,18 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 
-from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    JsonResponse,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
@@ -18,14 +28,22 @@ from django_eventstream.views import events as eventstream_events
 from .conf import conf
 from .listener import with_listener
 from .models import Notification
+from .models import Visitor as VisitorRow
 from .selectors import (
     channels_for,
     current_seqs,
+    notification_for_reader,
     notifications_unread,
     request_user,
     visitor_for_request,
 )
-from .services import notification_send, report_job_enqueue, visitor_ensure
+from .services import (
+    notification_mark_read,
+    notification_send,
+    notifications_mark_all_read,
+    report_job_enqueue,
+    visitor_ensure,
+)
 from .storage import release_connection
 
 logger = logging.getLogger(__name__)
@@ -51,16 +69,85 @@ def index(request: HttpRequest) -> HttpResponse:
     # Read the positions before the inbox: a row committed in between then
     # shows up twice (the page drops the copy) rather than not at all.
     last_event_id = make_id(current_seqs(channels))
-    unread = notifications_unread(visitor=visitor, user=user)
+    unread = notifications_unread(visitor=visitor, user=user, limit=0)
+    listed = list(unread[: conf.INBOX_LIMIT])
     return render(
         request,
         "notifications/index.html",
         {
-            "unread": list(unread[: conf.INBOX_LIMIT]),
+            "unread": listed,
             "unread_count": unread.count(),
+            "newest_id": max((row.pk for row in listed), default=""),
             "last_event_id": last_event_id,
         },
     )
+
+
+@require_GET
+def unread(request: HttpRequest) -> JsonResponse:
+    """List this reader's unread notifications as JSON, newest first.
+
+    For clients that cannot keep a stream open (they poll this), and for the
+    page after a stream reset. `last_event_id`, read before the list, is where
+    a stream may resume without missing anything listed or sent since.
+    """
+    visitor = visitor_ensure(request)
+    user = request_user(request)
+    last_event_id = make_id(current_seqs(channels_for(visitor=visitor, user=user)))
+    rows = notifications_unread(visitor=visitor, user=user, limit=0)
+    response = JsonResponse(
+        {
+            "unread_count": rows.count(),
+            "notifications": [row.event_data() for row in rows[: conf.INBOX_LIMIT]],
+            "last_event_id": last_event_id,
+        }
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def mark_read(request: HttpRequest, pk: int) -> HttpResponse:
+    """Mark one of this reader's notifications read; 404 for anyone else's."""
+    visitor = visitor_for_request(request)
+    user = request_user(request)
+    notification = notification_for_reader(pk=pk, visitor=visitor, user=user)
+    if notification is None:
+        raise Http404("No such notification.")
+    notification_mark_read(notification=notification, visitor=visitor, user=user)
+    return _inbox_changed(request, visitor=visitor, user=user)
+
+
+@require_POST
+def mark_all_read(request: HttpRequest) -> HttpResponse:
+    """Mark all of this reader's unread notifications read.
+
+    An optional `up_to` (the newest notification id the page shows) leaves
+    anything newer unread.
+    """
+    visitor = visitor_for_request(request)
+    user = request_user(request)
+    raw_up_to = request.POST.get("up_to", "")
+    if raw_up_to and not (raw_up_to.isascii() and raw_up_to.isdigit()):
+        return HttpResponseBadRequest("up_to must be a notification id.")
+    if visitor is not None or user is not None:
+        notifications_mark_all_read(
+            visitor=visitor, user=user, up_to=int(raw_up_to) if raw_up_to else None
+        )
+    return _inbox_changed(request, visitor=visitor, user=user)
+
+
+def _inbox_changed(
+    request: HttpRequest, *, visitor: VisitorRow | None, user: AbstractBaseUser | None
+) -> HttpResponse:
+    if request.headers.get("X-Requested-With"):
+        count = (
+            notifications_unread(visitor=visitor, user=user, limit=0).count()
+            if visitor is not None or user is not None
+            else 0
+        )
+        return JsonResponse({"unread_count": count})
+    return redirect("notifications:index")
 
 
 @require_POST
@@ -110,21 +197,23 @@ def stream(request: HttpRequest) -> HttpResponse:
     raw_id = request.META.pop("HTTP_LAST_EVENT_ID", "") or _last_non_empty(
         request.GET.getlist("lastEventId")
     )
+    channels = channels_for(visitor=visitor, user=request_user(request))
     clean = QueryDict(mutable=True)
     reset_reason = ""
     if raw_id:
-        if len(raw_id) <= LAST_EVENT_ID_MAX and LAST_EVENT_ID_RE.fullmatch(raw_id):
-            clean["lastEventId"] = raw_id
-        else:
-            reset_reason = "invalid-last-event-id"
+        reset_reason = last_event_id_problem(raw_id, channels)
+        if reset_reason:
             logger.warning(
-                "stream for browser session %s: malformed Last-Event-ID", visitor.pk
+                "stream for browser session %s: unusable Last-Event-ID (%s)",
+                visitor.pk,
+                reset_reason,
             )
+        else:
+            clean["lastEventId"] = raw_id
     request.GET = clean
 
     response = eventstream_events(request)
     if reset_reason and isinstance(response, StreamingHttpResponse):
-        channels = channels_for(visitor=visitor, user=request_user(request))
         reset = sse_encode_event(
             "stream-reset",
             {"reason": reset_reason, "channels": channels},
@@ -137,6 +226,24 @@ def stream(request: HttpRequest) -> HttpResponse:
         response.streaming_content = with_listener(response.streaming_content)
     release_connection()
     return response
+
+
+def last_event_id_problem(raw_id: str, channels: list[str]) -> str:
+    """Return why a stream cannot resume from `raw_id`, or "" when it can.
+
+    A position must be well formed and name exactly the stream's channels: an
+    id that lacks one of them (the page logged in since) or names another (a
+    session that ended) cannot say what the client missed on each channel, so
+    the client starts afresh with a reset instead of a silent gap.
+    """
+    if len(raw_id) > LAST_EVENT_ID_MAX or not LAST_EVENT_ID_RE.fullmatch(raw_id):
+        return "invalid-last-event-id"
+    named = [unquote(part.rpartition(":")[0]) for part in raw_id.split(",")]
+    if len(set(named)) != len(named):
+        return "invalid-last-event-id"
+    if set(named) != set(channels):
+        return "other-channels"
+    return ""
 
 
 def _last_non_empty(values: list[str]) -> str:

@@ -15,7 +15,7 @@ from unittest import mock
 
 from django.contrib.auth import get_user_model
 from django.test import TransactionTestCase
-from django.urls import NoReverseMatch, Resolver404, resolve
+from django.urls import NoReverseMatch, reverse
 
 from notifications.models import Notification
 from notifications.models import Visitor as VisitorRow
@@ -45,10 +45,10 @@ requires_chromium = skip_unless_service(
 )
 
 
-def endpoint_exists(path: str) -> bool:
+def endpoint_exists(name: str, *args) -> bool:
     try:
-        resolve(path)
-    except (Resolver404, NoReverseMatch):
+        reverse(name, args=args)
+    except NoReverseMatch:
         return False
     return True
 
@@ -221,8 +221,8 @@ class BrowserPageTests(BrowserTestCase):
         self.wait_state(page, "live")
         self.assertEqual(self.unread(page), 1)
         self.assertEqual(self.alert(page, "Lost in a gap").count(), 0)
-        if endpoint_exists("/inbox/"):
-            # Reloaded through GET /inbox/, not by reloading the page.
+        if endpoint_exists("notifications:unread"):
+            # Reloaded from the inbox's JSON, not by reloading the page.
             self.assertTrue(page.evaluate("window.__sameDocument"))
 
     def test_info_alert_hides_by_itself_but_a_warning_stays(self):
@@ -349,8 +349,8 @@ class BrowserPageTests(BrowserTestCase):
 @requires_chromium
 class BrowserReadTests(BrowserTestCase):
     def setUp(self):
-        if not endpoint_exists("/inbox/1/read/"):
-            self.skipTest("the inbox endpoints (POST /inbox/<id>/read/) are missing")
+        if not endpoint_exists("notifications:mark_read", 1):
+            self.skipTest("the inbox's mark-read endpoint is missing")
 
     def test_dismiss_marks_read_and_the_badge_counts_down(self):
         page = self.open_page(self.new_visitor())
@@ -386,7 +386,7 @@ class BrowserReadTests(BrowserTestCase):
 
         first.wait_for_selector("#unread-count:text-is('0')")
         first.wait_for_selector("#inbox .inbox-item", state="detached")
-        self.assertEqual(self.alert(first, "You pressed the button").count(), 0)
+        self.alert(first, "You pressed the button").wait_for(state="detached")
 
 
 @requires_chromium
@@ -501,3 +501,52 @@ class BrowserRestartTests(BrowserTestCase):
         # The page was not reloaded: the same document still runs.
         page.click("#press-button")
         self.alert(page, "You pressed the button").wait_for()
+
+
+@requires_chromium
+class BrowserReportTests(BrowserTestCase):
+    """The report job in a real worker process, followed on the page."""
+
+    # The worker is another process: its rows reach this server through the
+    # database transport, polled often so that the test stays quick.
+    server_env = {
+        "NOTIFICATIONS_TRANSPORT": "database",
+        "NOTIFICATIONS_POLL_INTERVAL": "0.2",
+    }
+
+    def setUp(self):
+        if not endpoint_exists("notifications:report_start"):
+            self.skipTest("the report job's endpoint is missing")
+
+    def test_report_progress_moves_one_bar_then_a_success_alert(self):
+        from .processes import db_worker
+
+        page = self.open_page(self.new_visitor())
+        # Record every value the bar takes, as a person would see it move.
+        page.evaluate(
+            """() => {
+              window.__percents = [];
+              const track = document.querySelector("#report-progress .progress");
+              new MutationObserver(() => {
+                window.__percents.push(Number(track.getAttribute("aria-valuenow")));
+              }).observe(track, { attributes: true, attributeFilter: ["aria-valuenow"] });
+            }"""
+        )
+        worker = db_worker(env={"NOTIFICATIONS_REPORT_STEP_SECONDS": "0.3"})
+        self.addCleanup(worker.stop)
+
+        page.click("#report-button")
+
+        alert = self.alert(page, "Your report is ready")
+        alert.wait_for(timeout=30_000)
+        self.assertIn("alert-success", alert.get_attribute("class"))
+        page.wait_for_selector("#report-progress .progress-bar.bg-success")
+        self.assertEqual(page.locator("#report-step").text_content(), "Done")
+        percents = page.evaluate("window.__percents")
+        self.assertEqual(percents, sorted(percents))
+        self.assertEqual(percents[-1], 100)
+        self.assertTrue(any(0 < value < 100 for value in percents), percents)
+        # Progress moved the bar; only the job's result became an alert.
+        self.assertEqual(page.locator("#alerts .alert").count(), 1)
+        page.wait_for_timeout(700)  # the bar's width transition ends
+        self.screenshot(page, "page-report-done-desktop")

@@ -58,25 +58,46 @@
   }
 
   // --- server calls ----------------------------------------------------
-  async function post(url) {
+  async function post(url, body) {
     const response = await fetch(url, {
       method: "POST",
       headers: { "X-CSRFToken": csrfToken, "X-Requested-With": "fetch" },
       credentials: "same-origin",
+      body,
     });
     if (!response.ok) console.warn("POST %s answered %d", url, response.status);
     return response;
   }
 
+  // An answer that carries the reader's unread count settles the badge.
+  async function countFrom(response) {
+    if (!response.ok || !response.headers.get("Content-Type")?.includes("json")) return null;
+    const answer = await response.json();
+    if (!Number.isInteger(answer.unread_count)) return null;
+    setUnread(answer.unread_count);
+    return answer.unread_count;
+  }
+
+  // Other tabs of this browser hear of a read at once; other devices through
+  // the server's notification-read event.
+  function shareRead(read) {
+    connection?.share("notification-read", { data: read });
+  }
+
+  function readUrl(id) {
+    return config.readUrl.replace(/\/0\/read\/$/, `/${Number(id)}/read/`);
+  }
+
   function markRead(id) {
-    // The page updates at once; the server's notification-read event then
-    // brings the other tabs and devices, and the exact count, in line.
+    // The page updates at once; the server's answer, and its event to the
+    // other tabs and devices, bring the exact count.
     const wasListed = removeFromInbox(id);
     removeAlert(id);
     if (wasListed) setUnread(unreadCount - 1);
-    post(`${config.inboxUrl}${id}/read/`).catch((error) => {
-      console.warn("marking notification %d read failed", id, error);
-    });
+    post(readUrl(id))
+      .then(countFrom)
+      .then((count) => shareRead({ ids: [id], unread_count: count }))
+      .catch((error) => console.warn("marking notification %d read failed", id, error));
   }
 
   // --- alerts ----------------------------------------------------------
@@ -215,9 +236,23 @@
     return true;
   }
 
-  function clearInbox() {
-    inbox.querySelectorAll(".inbox-item").forEach((item) => item.remove());
-    alerts.querySelectorAll(".alert").forEach((alert) => closeAlert(alert));
+  // Remove what is read, all of it or up to the newest id the reader saw.
+  function clearInbox(upTo = Infinity) {
+    let removed = 0;
+    inbox.querySelectorAll(".inbox-item").forEach((item) => {
+      if (Number(item.dataset.id) <= upTo) {
+        item.remove();
+        removed += 1;
+      }
+    });
+    alerts.querySelectorAll(".alert").forEach((alert) => {
+      if (Number(alert.dataset.id) <= upTo) closeAlert(alert);
+    });
+    return removed;
+  }
+
+  function newestShown() {
+    return Math.max(0, ...seen);
   }
 
   // The inbox's own buttons: one handler for the list, with or without script.
@@ -229,11 +264,17 @@
     markRead(Number(item.dataset.id));
   });
 
-  document.getElementById("read-all-form").addEventListener("submit", (event) => {
+  const readAllForm = document.getElementById("read-all-form");
+  readAllForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    clearInbox();
-    setUnread(0);
-    post(config.readAllUrl).catch((error) => console.warn("mark all read failed", error));
+    const upTo = newestShown();
+    readAllForm.elements.up_to.value = String(upTo);
+    clearInbox(upTo);
+    setUnread(inbox.querySelectorAll(".inbox-item").length);
+    post(readAllForm.action, new FormData(readAllForm))
+      .then(countFrom)
+      .then((count) => shareRead({ all: true, up_to: upTo, unread_count: count }))
+      .catch((error) => console.warn("mark all read failed", error));
   });
 
   // After a reset the page cannot know what it missed: load the inbox again.
@@ -272,6 +313,7 @@
     bar.style.width = `${percent}%`;
     bar.classList.remove("bg-success", "bg-danger");
     bar.classList.toggle("progress-bar-animated", percent < 100);
+    bar.classList.toggle("progress-bar-striped", percent < 100);
     track.setAttribute("aria-valuenow", String(percent));
     track.setAttribute("aria-valuetext", `${percent}%${update.step ? `, ${update.step}` : ""}`);
     document.getElementById("report-percent").textContent = `${percent}%`;
@@ -285,7 +327,7 @@
     if (!progress || progress.hidden || (job && currentJob && job !== currentJob)) return;
     if (notification.type !== "success" && notification.type !== "danger") return;
     const bar = progress.querySelector(".progress-bar");
-    bar.classList.remove("progress-bar-animated");
+    bar.classList.remove("progress-bar-animated", "progress-bar-striped");
     bar.classList.add(notification.type === "success" ? "bg-success" : "bg-danger");
     if (notification.type === "success") {
       bar.style.width = "100%";
@@ -388,16 +430,17 @@
     },
     "notification-read"(event) {
       const read = event?.data || {};
+      let removed = 0;
       if (read.all) {
-        clearInbox();
+        removed = clearInbox(Number.isInteger(read.up_to) ? read.up_to : Infinity);
       } else if (Array.isArray(read.ids)) {
         for (const id of read.ids) {
-          removeFromInbox(id);
+          if (removeFromInbox(id)) removed += 1;
           removeAlert(id);
         }
       }
       if (Number.isInteger(read.unread_count)) setUnread(read.unread_count);
-      else setUnread(inbox.querySelectorAll(".inbox-item").length);
+      else setUnread(unreadCount - removed);
     },
     progress(event) {
       showProgress(event?.data);
@@ -416,8 +459,9 @@
 
   const position = JSON.parse(document.getElementById("last-event-id").textContent);
 
+  let connection = null;
   if (typeof window.EventSource === "function") {
-    window.notifysiteConnection.start({
+    connection = window.notifysiteConnection.start({
       streamUrl: config.streamUrl,
       position,
       eventTypes: Object.keys(handlers),

@@ -8,7 +8,7 @@
 // Without Web Locks or BroadcastChannel (an old browser, or a page served over
 // plain HTTP from a non-local host) each tab keeps a stream of its own.
 //
-// window.notifysiteConnection.start(options) -> { mode, reconnectNow() }
+// window.notifysiteConnection.start(options) -> { mode, reconnectNow(), share() }
 //   options.streamUrl    the SSE endpoint
 //   options.position     the stream position the page was rendered at
 //   options.eventTypes   event names to listen for
@@ -195,15 +195,23 @@
       if (leader) setState("offline");
     });
 
+    // Tell this visitor's other tabs of something that happened here (a
+    // notification read), at once, without a round trip through the server.
+    function share(type, data) {
+      if (bus) bus.postMessage({ kind: "local", type, data });
+    }
+
     if (!shared) {
       connect();
-      return { mode: "per-tab", reconnectNow };
+      return { mode: "per-tab", reconnectNow, share };
     }
 
     // --- followers: events and state from the leader --------------------
     bus.addEventListener("message", ({ data: message }) => {
       if (!message || typeof message !== "object") return;
-      if (message.kind === "state" && !leader) {
+      if (message.kind === "local") {
+        deliver(message.type, message.data, { id: "", missed: false });
+      } else if (message.kind === "state" && !leader) {
         state = message.state;
         onState(message.state);
       } else if (message.kind === "event" && !leader) {
@@ -258,6 +266,7 @@
         return leader ? "leader" : "follower";
       },
       reconnectNow,
+      share,
     };
   }
 
