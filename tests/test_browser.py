@@ -225,6 +225,37 @@ class BrowserPageTests(BrowserTestCase):
             # Reloaded from the inbox's JSON, not by reloading the page.
             self.assertTrue(page.evaluate("window.__sameDocument"))
 
+    def test_network_loss_shows_offline_then_live_again(self):
+        context = self.new_visitor()
+        page = self.open_page(context)
+
+        context.set_offline(True)
+        self.wait_state(page, "offline")
+        self.assertEqual(
+            page.locator("#connection-state .connection-label").text_content(),
+            "Offline",
+        )
+        context.set_offline(False)
+
+        self.wait_state(page, "live")
+        page.click("#press-button")
+        self.alert(page, "You pressed the button").wait_for()
+
+    def test_reconnect_delays_are_jittered_and_bounded(self):
+        page = self.open_page(self.new_visitor(), wait_live=False)
+
+        delays = page.evaluate(
+            """() => [0, 1, 2, 10].map((attempt) =>
+                 Array.from({length: 200}, () =>
+                   window.notifysiteConnection.backoff(attempt)))"""
+        )
+
+        for values, ceiling in zip(delays, (1000, 2000, 4000, 20000), strict=True):
+            self.assertGreaterEqual(min(values), ceiling / 2)
+            self.assertLessEqual(max(values), ceiling)
+            # Spread over the window, so pages do not return together.
+            self.assertGreater(max(values) - min(values), ceiling / 4)
+
     def test_info_alert_hides_by_itself_but_a_warning_stays(self):
         context = self.new_visitor()
         # A page option: a shorter auto-hide, so the test does not wait 6 s.

@@ -25,6 +25,9 @@
   // the page missed while it was away.
   const CATCH_UP_MS = 1500;
   const BUFFER_SIZE = 100;
+  // The server sends a keep-alive every 20 s; a stream silent for longer than
+  // this is taken for dead (a network that dropped without closing it).
+  const SILENCE_MS = 45000;
 
   // "broadcast:3,session-…:7" <-> {broadcast: 3, "session-…": 7}
   function parsePosition(id) {
@@ -134,10 +137,22 @@
     }
 
     function closeSource() {
+      clearTimeout(watchdog);
       if (source) {
         source.close();
         source = null;
       }
+    }
+
+    let watchdog = null;
+    function heardFrom(current) {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        if (source !== current) return;
+        console.warn("the stream went silent; reconnecting");
+        closeSource();
+        scheduleRetry();
+      }, SILENCE_MS);
     }
 
     function connect() {
@@ -153,6 +168,7 @@
       if (state !== "reconnecting" && state !== "offline") setState("connecting");
 
       current.addEventListener("open", () => {
+        heardFrom(current);
         if (everOpened) catchUpUntil = performance.now() + CATCH_UP_MS;
         everOpened = true;
         attempt = 0;
@@ -167,9 +183,14 @@
       });
       for (const type of eventTypes) {
         current.addEventListener(type, (event) => {
-          if (source === current) handle(type, event);
+          if (source !== current) return;
+          heardFrom(current);
+          handle(type, event);
         });
       }
+      current.addEventListener("keep-alive", () => {
+        if (source === current) heardFrom(current);
+      });
     }
 
     function scheduleRetry() {
@@ -189,7 +210,11 @@
     }
 
     window.addEventListener("online", () => {
-      if (leader && !source) reconnectNow();
+      // A connection from before the network dropped may be dead without
+      // knowing it: start afresh from the last position.
+      if (!leader) return;
+      closeSource();
+      reconnectNow();
     });
     window.addEventListener("offline", () => {
       if (leader) setState("offline");
@@ -270,5 +295,5 @@
     };
   }
 
-  window.notifysiteConnection = { start, parsePosition, formatPosition };
+  window.notifysiteConnection = { start, parsePosition, formatPosition, backoff };
 })();
