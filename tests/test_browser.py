@@ -39,6 +39,31 @@ STREAM_URL = re.compile(r"^https?://[^/]+/notifications/(\?.*)?$")
 # page is in the expected state.
 WAIT_MS = 10_000
 
+# A stand-in for the Notification API that records what the page asks and
+# shows, and a visibility the test can set: headless Chromium has neither a
+# permission prompt nor hidden tabs.
+FAKE_NOTIFICATIONS = """
+window.__asked = 0; window.__notices = [];
+window.__hidden = false;
+Object.defineProperty(document, "visibilityState", {
+  get: () => (window.__hidden ? "hidden" : "visible"),
+});
+class FakeNotification {
+  static permission = "default";
+  static async requestPermission() {
+    window.__asked += 1;
+    FakeNotification.permission = "granted";
+    return "granted";
+  }
+  constructor(title, options) {
+    window.__notices.push({ title, body: options.body, tag: options.tag });
+  }
+  addEventListener() {}
+  close() {}
+}
+window.Notification = FakeNotification;
+"""
+
 requires_chromium = skip_unless_service(
     bool(CHROMIUM) and Path(CHROMIUM).exists(),
     "Chromium is not installed (Debian package `chromium`; .ci/run installs it)",
@@ -304,29 +329,7 @@ class BrowserPageTests(BrowserTestCase):
 
     def test_desktop_notice_is_asked_only_on_the_button_and_shown_when_hidden(self):
         context = self.new_visitor()
-        context.add_init_script(
-            """
-            window.__asked = 0; window.__notices = [];
-            window.__hidden = false;
-            Object.defineProperty(document, "visibilityState", {
-              get: () => (window.__hidden ? "hidden" : "visible"),
-            });
-            class FakeNotification {
-              static permission = "default";
-              static async requestPermission() {
-                window.__asked += 1;
-                FakeNotification.permission = "granted";
-                return "granted";
-              }
-              constructor(title, options) {
-                window.__notices.push({ title, body: options.body, tag: options.tag });
-              }
-              addEventListener() {}
-              close() {}
-            }
-            window.Notification = FakeNotification;
-            """
-        )
+        context.add_init_script(FAKE_NOTIFICATIONS)
         page = self.open_page(context)
         self.assertEqual(page.evaluate("window.__asked"), 0)
         page.click("#press-button")
@@ -343,6 +346,23 @@ class BrowserPageTests(BrowserTestCase):
         self.assertEqual(page.evaluate("window.__asked"), 1)
         self.assertEqual(notice["body"], "You pressed the button")
         self.assertRegex(notice["tag"], r"^notifysite-\d+$")
+
+    def test_no_desktop_notice_while_another_tab_of_the_visitor_is_visible(self):
+        context = self.new_visitor()
+        context.add_init_script(FAKE_NOTIFICATIONS)
+        hidden, visible = self.open_page(context), self.open_page(context)
+        hidden.click("#desktop-notices")
+        hidden.wait_for_selector('#desktop-notices[aria-pressed="true"]')
+        hidden.evaluate("window.__hidden = true")
+
+        visible.click("#press-button")
+        self.alert(hidden, "You pressed the button").wait_for(state="attached")
+        hidden.wait_for_timeout(1000)  # past the tabs' 300 ms grace
+        self.assertEqual(hidden.evaluate("window.__notices"), [])
+
+        visible.evaluate("window.__hidden = true")
+        visible.click("#press-button")
+        hidden.wait_for_function("window.__notices.length === 1")
 
     def test_screenshots_of_all_four_levels_at_desktop_and_phone_width(self):
         sizes = {"desktop": (1280, 800), "phone": (390, 844)}

@@ -400,8 +400,19 @@
     showDesktopButton();
   }
 
+  // Ids of notifications that a visible tab of this visitor has shown: no
+  // desktop notice for those, the visitor is looking at one of the tabs.
+  const seenElsewhere = new Set();
+  const SEEN_GRACE_MS = 300;
+
   function desktopNotice(notification) {
     if (document.visibilityState !== "hidden" || !desktopEnabled()) return;
+    setTimeout(() => {
+      if (!seenElsewhere.has(notification.id)) raiseNotice(notification);
+    }, SEEN_GRACE_MS);
+  }
+
+  function raiseNotice(notification) {
     try {
       const notice = new Notification(`notifysite: ${LEVELS[notification.type] || "Info"}`, {
         body: notification.message,
@@ -426,6 +437,9 @@
       addToInbox(notification);
       setUnread(unreadCount + 1);
       finishProgress(notification);
+      if (document.visibilityState === "visible") {
+        connection?.share("notification-seen", { id: notification.id });
+      }
       desktopNotice(notification);
     },
     "notification-read"(event) {
@@ -457,6 +471,13 @@
     },
   };
 
+  // Messages between this visitor's tabs only, never on the stream.
+  const tabHandlers = {
+    "notification-seen"(seen) {
+      if (Number.isInteger(seen?.id)) seenElsewhere.add(seen.id);
+    },
+  };
+
   const position = JSON.parse(document.getElementById("last-event-id").textContent);
 
   let connection = null;
@@ -465,7 +486,7 @@
       streamUrl: config.streamUrl,
       position,
       eventTypes: Object.keys(handlers),
-      onEvent: (type, data, meta) => handlers[type]?.(data, meta),
+      onEvent: (type, data, meta) => (handlers[type] || tabHandlers[type])?.(data, meta),
       onState: showState,
     });
   } else {

@@ -165,6 +165,7 @@
       const url = from ? `${streamUrl}?lastEventId=${encodeURIComponent(from)}` : streamUrl;
       const current = new EventSource(url);
       source = current;
+      heardFrom(current); // a connection that never opens is retried too
       if (state !== "reconnecting" && state !== "offline") setState("connecting");
 
       current.addEventListener("open", () => {
