@@ -206,13 +206,17 @@ def report_job_enqueue(visitor: Visitor) -> str:
     """
     from .tasks import PROGRESS_EVENT_TYPE, report_build
 
-    result = report_build.enqueue(visitor_id=visitor.pk)
-    notification_send(
-        visitor=visitor,
-        message="Report: queued (0%)",
-        event_type=PROGRESS_EVENT_TYPE,
-        payload={"job": str(result.id), "percent": 0, "step": "queued"},
-    )
+    # One transaction: a database-backed worker cannot see the job before the
+    # "queued" event is numbered, so the job's own events come after it.
+    with transaction.atomic():
+        result = report_build.enqueue(visitor_id=visitor.pk)
+        if not result.is_finished:
+            notification_send(
+                visitor=visitor,
+                message="Report: queued (0%)",
+                event_type=PROGRESS_EVENT_TYPE,
+                payload={"job": str(result.id), "percent": 0, "step": "queued"},
+            )
     logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
     return str(result.id)
 
@@ -290,13 +294,23 @@ def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -
         Q(created_at__lt=now - timedelta(days=conf.RETENTION_DAYS))
         | Q(read_at__lt=now - timedelta(days=conf.READ_RETENTION_DAYS))
     )
+    table = connection.ops.quote_name(Notification._meta.db_table)
     deleted = 0
     # Bounded: each pass deletes what it selected, so the table shrinks.
     for _ in range(1_000_000):
         batch = list(expired.order_by("pk").values_list("pk", flat=True)[:batch_size])
         if not batch:
             break
-        Notification.objects.filter(pk__in=batch).delete()
+        with transaction.atomic():
+            BroadcastReceipt.objects.filter(notification_id__in=batch).delete()
+            # One statement for the batch: QuerySet.delete() would first load
+            # every row and then delete them 100 at a time.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE id IN "
+                    f"({', '.join(['%s'] * len(batch))})",
+                    batch,
+                )
         deleted += len(batch)
     logger.info("trimmed %s expired notifications", deleted)
     return deleted

@@ -440,3 +440,54 @@ class RecordingListener:
 
     def close(self) -> None:
         self.manager.remove_listener(self.listener)
+
+
+class SenderProcess:
+    """`tests/sender.py` in a child process: one connection, one transaction."""
+
+    def __init__(self, database_url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.sender"],
+            cwd=BASE_DIR,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.replies: queue.Queue[dict] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.replies.put(json.loads(line))
+
+    def request(self, op: str, **arguments: object) -> None:
+        """Send a command without waiting for its answer."""
+        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self.process.stdin.flush()
+
+    def reply(self, timeout: float = 15.0) -> dict:
+        answer = self.replies.get(timeout=timeout)
+        assert answer["ok"], answer
+        return answer
+
+    def call(self, op: str, **arguments: object) -> dict:
+        self.request(op, **arguments)
+        return self.reply()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def session_token(visitor: Visitor) -> str:
+    """Return the session token a visitor's page shows in its stream position."""
+    match = re.search(r"session-([0-9a-f]{32})", visitor.last_event_id())
+    assert match, visitor.last_event_id()
+    return match.group(1)
