@@ -143,7 +143,9 @@
     const level = LEVELS[notification.type] ? notification.type : "info";
     const alert = document.createElement("div");
     alert.className = `alert alert-${level} alert-dismissible fade show notify-alert shadow-sm`;
-    alert.setAttribute("role", level === "danger" ? "alert" : "status");
+    // The stack is a polite live region that reads each new alert once; a
+    // danger interrupts instead. No role="status" inside: it would be read twice.
+    if (level === "danger") alert.setAttribute("role", "alert");
     alert.dataset.id = String(notification.id);
     alert.dataset.level = level;
 
@@ -167,7 +169,7 @@
     const close = document.createElement("button");
     close.type = "button";
     close.className = "btn-close";
-    close.setAttribute("aria-label", `Dismiss: ${LEVELS[level]}`);
+    close.setAttribute("aria-label", `Dismiss (mark read): ${LEVELS[level]}`);
     close.addEventListener("click", () => markRead(notification.id));
     alert.append(close);
 
@@ -360,12 +362,19 @@
   const desktopButton = document.getElementById("desktop-notices");
   const canNotify = typeof window.Notification === "function";
 
+  // Storage can be refused (privacy settings); notices are then simply off.
+  function stored(change) {
+    try {
+      if (change === true) window.localStorage.setItem(DESKTOP_KEY, "on");
+      else if (change === false) window.localStorage.removeItem(DESKTOP_KEY);
+      return window.localStorage.getItem(DESKTOP_KEY) === "on";
+    } catch (error) {
+      return false;
+    }
+  }
+
   function desktopEnabled() {
-    return (
-      canNotify &&
-      Notification.permission === "granted" &&
-      window.localStorage?.getItem(DESKTOP_KEY) === "on"
-    );
+    return canNotify && Notification.permission === "granted" && stored();
   }
 
   function showDesktopButton() {
@@ -387,13 +396,13 @@
   if (desktopButton && canNotify) {
     desktopButton.addEventListener("click", async () => {
       if (desktopEnabled()) {
-        window.localStorage.removeItem(DESKTOP_KEY);
+        stored(false);
       } else {
         const answer =
           Notification.permission === "default"
             ? await Notification.requestPermission()
             : Notification.permission;
-        if (answer === "granted") window.localStorage.setItem(DESKTOP_KEY, "on");
+        if (answer === "granted") stored(true);
       }
       showDesktopButton();
     });
