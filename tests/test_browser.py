@@ -425,6 +425,21 @@ class BrowserReadTests(BrowserTestCase):
         self.assertEqual(page.locator("#inbox .inbox-item").count(), 1)
         self.assertEqual(Notification.objects.filter(read_at__isnull=True).count(), 1)
 
+    def test_mark_all_read_empties_the_inbox_for_good(self):
+        page = self.open_page(self.new_visitor())
+        for _ in range(2):
+            page.click("#press-button")
+        page.wait_for_selector("#unread-count:text-is('2')")
+
+        page.click("#read-all-button")
+
+        page.wait_for_selector("#unread-count:text-is('0')")
+        self.assertTrue(page.locator("#read-all-button").is_disabled())
+        page.reload()
+        self.wait_state(page, "live")
+        self.assertEqual(self.unread(page), 0)
+        self.assertTrue(page.locator(".inbox-empty").is_visible())
+
     def test_read_in_one_tab_is_read_in_the_other(self):
         context = self.new_visitor()
         first = self.open_page(context)

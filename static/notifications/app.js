@@ -36,8 +36,13 @@
     unreadCount = Math.max(0, count);
     badge.textContent = String(unreadCount);
     badge.setAttribute("aria-label", `${unreadCount} unread`);
+    badge.classList.toggle("text-bg-primary", unreadCount > 0);
+    badge.classList.toggle("text-bg-secondary", unreadCount === 0);
     document.title = unreadCount ? `(${unreadCount}) ${baseTitle}` : baseTitle;
-    inboxEmpty.hidden = inbox.querySelector(".inbox-item") !== null;
+    const listed = inbox.querySelector(".inbox-item") !== null;
+    inboxEmpty.hidden = listed;
+    const readAll = document.getElementById("read-all-button");
+    if (readAll) readAll.disabled = !listed;
   }
 
   // --- the connection indicator ------------------------------------------
