@@ -64,6 +64,28 @@ class FakeNotification {
 window.Notification = FakeNotification;
 """
 
+# WCAG contrast ratio of text against its background, for each alert, level
+# badge and the connection indicator on the page.
+CONTRASTS = """() => {
+  const rgb = (value) => value.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const luminance = (value) => {
+    const [r, g, b] = rgb(value).map((c) => {
+      c /= 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const ratios = {};
+  const selectors = "#alerts .alert, .level-badge, #connection-state, #unread-count";
+  document.querySelectorAll(selectors).forEach((element, index) => {
+    const style = getComputedStyle(element);
+    const [a, b] = [luminance(style.color), luminance(style.backgroundColor)];
+    const key = `${index} ${element.className}`;
+    ratios[key] = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  });
+  return ratios;
+}"""
+
 requires_chromium = skip_unless_service(
     bool(CHROMIUM) and Path(CHROMIUM).exists(),
     "Chromium is not installed (Debian package `chromium`; .ci/run installs it)",
@@ -364,6 +386,27 @@ class BrowserPageTests(BrowserTestCase):
         visible.click("#press-button")
         hidden.wait_for_function("window.__notices.length === 1")
 
+    def test_keyboard_alone_presses_the_button_and_dismisses_the_alert(self):
+        page = self.open_page(self.new_visitor())
+
+        def tab_to(selector):
+            for _ in range(30):
+                page.keyboard.press("Tab")
+                if page.evaluate(f"document.activeElement.matches({selector!r})"):
+                    return
+            self.fail(f"Tab never reached {selector}")
+
+        tab_to("#press-button")
+        page.keyboard.press("Enter")
+        self.alert(page, "You pressed the button").wait_for()
+        tab_to("#alerts .alert .btn-close")
+        page.keyboard.press("Enter")
+
+        self.alert(page, "You pressed the button").wait_for(state="detached")
+        page.wait_for_selector("#unread-count:text-is('0')")
+        # Focus stays on the page rather than falling back to <body>.
+        self.assertNotEqual(page.evaluate("document.activeElement.tagName"), "BODY")
+
     def test_screenshots_of_all_four_levels_at_desktop_and_phone_width(self):
         sizes = {"desktop": (1280, 800), "phone": (390, 844)}
         for name, (width, height) in sizes.items():
@@ -392,6 +435,10 @@ class BrowserPageTests(BrowserTestCase):
             shown = 2 if name == "phone" else 4
             self.assertEqual(visible.all_text_contents(), newest_first[:shown])
             page.wait_for_timeout(400)  # the slide-in animation ends
+            ratios = page.evaluate(CONTRASTS)
+            self.assertGreaterEqual(len(ratios), 10)  # 4 alerts, 4 badges, 2 more
+            for selector, ratio in ratios.items():
+                self.assertGreaterEqual(ratio, 4.5, f"{selector} at {name} width")
             path = self.screenshot(page, f"page-alerts-{name}")
             self.assertGreater(path.stat().st_size, 10_000)
             self.assertEqual(path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
