@@ -31,11 +31,7 @@ run: install
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# The server alone, for when a worker runs elsewhere.
-serve: install
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
-
+# The task worker alone, beside a server started on its own.
 worker: install
 	$(BIN)/python manage.py db_worker
 

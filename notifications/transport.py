@@ -112,13 +112,13 @@ def publish_local(notification: Notification) -> None:
         if mark is None:
             # No stream here has read this channel yet: a stream that is
             # opening reads the committed row from the table itself.
-            get_listener_manager().add_to_queues(channel, to_event(notification))
+            _hand_over(channel, to_event(notification))
             return
         if notification.seq <= mark:
             return
         if notification.seq == mark + 1:
             _advance(channel, notification.seq)
-            get_listener_manager().add_to_queues(channel, to_event(notification))
+            _hand_over(channel, to_event(notification))
             return
     # Rows from other processes come first and are not here yet.
     catch_up_channel(channel, upto=notification.seq)
@@ -132,7 +132,6 @@ def deliver(rows: Iterable[Notification]) -> list[str]:
     has read them yet, and are left to that stream's first read.
     """
     gaps: list[str] = []
-    manager = get_listener_manager()
     with _lock:
         for row in sorted(rows, key=lambda r: (r.channel, r.seq)):
             mark = _marks.get(row.channel)
@@ -143,8 +142,14 @@ def deliver(rows: Iterable[Notification]) -> list[str]:
                     gaps.append(row.channel)
                 continue
             _advance(row.channel, row.seq)
-            manager.add_to_queues(row.channel, to_event(row))
+            _hand_over(row.channel, to_event(row))
     return gaps
+
+
+def _hand_over(channel: str, event: Event) -> None:
+    # The one place that gives an event to this process's streams; called
+    # with _lock held, so events of a channel leave in the order of its marks.
+    get_listener_manager().add_to_queues(channel, event)
 
 
 def _advance(channel: str, seq: int) -> None:
@@ -194,7 +199,11 @@ def scan_generation() -> int:
 def scan_finished() -> None:
     """Count a scan, and forget marks of channels no local stream listens to."""
     global _scan_generation
-    listening = set(get_listener_manager().listeners_by_channel)
+    manager = get_listener_manager()
+    # Streams register on the event loop while this runs on the listener's
+    # thread: copy the channel names under django-eventstream's lock.
+    with manager.lock:
+        listening = set(manager.listeners_by_channel)
     with _lock:
         _scan_generation += 1
         for channel in [c for c in _marks if c not in listening]:

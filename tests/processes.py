@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -9,7 +10,58 @@ import subprocess
 import sys
 import time
 
-from .utils import BASE_DIR, current_database_url, free_port
+from .utils import (
+    BASE_DIR,
+    POSTGRES_ADMIN_URL,
+    PostgresDatabase,
+    SSEStream,
+    current_database_url,
+    free_port,
+    run_manage,
+)
+
+STAFF_USERNAME = "admin"
+STAFF_PASSWORD = "pw-for-tests"
+_template: PostgresDatabase | None = None
+
+
+class ClonedPostgresDatabase(PostgresDatabase):
+    """A PostgreSQL database copied from one migrated template with a staff user.
+
+    Migrating costs seconds per database; the template is migrated once per
+    test run and dropped when the run ends.
+    """
+
+    def create(self) -> ClonedPostgresDatabase:
+        import psycopg
+
+        template = _migrated_template()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{template.name}"')
+        # Dropped at the end of the run too, should a class's teardown not run.
+        atexit.register(self.drop)
+        return self
+
+
+def _migrated_template() -> PostgresDatabase:
+    global _template
+    if _template is None:
+        template = PostgresDatabase("i4tpl").create()
+        atexit.register(template.drop)
+        run_manage(
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            STAFF_USERNAME,
+            "--email",
+            "admin@example.com",
+            env={
+                "DATABASE_URL": template.url,
+                "DJANGO_SUPERUSER_PASSWORD": STAFF_PASSWORD,
+            },
+        )
+        _template = template
+    return _template
 
 
 class ManageProcess:
@@ -118,3 +170,17 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def messages_until(stream: SSEStream, last: str, timeout: float) -> list[str]:
+    """Collect notification messages up to `last`, then any that follow briefly.
+
+    The half second after `last` is there to catch a duplicate, not to wait
+    for anything expected.
+    """
+    found: list[str] = []
+    deadline = time.monotonic() + timeout
+    while last not in found and time.monotonic() < deadline:
+        found += [event.json()["message"] for event in stream.collect(wait=0.2)]
+    found += [event.json()["message"] for event in stream.collect(wait=0.5)]
+    return found

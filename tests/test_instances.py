@@ -16,10 +16,18 @@ from pathlib import Path
 import httpx
 from django.test import SimpleTestCase
 
-from .processes import ManageProcess, RedisServer, db_worker, redis_server_available
+from .processes import (
+    STAFF_PASSWORD,
+    STAFF_USERNAME,
+    ClonedPostgresDatabase,
+    ManageProcess,
+    RedisServer,
+    db_worker,
+    messages_until,
+    redis_server_available,
+)
 from .utils import (
     DaphneServer,
-    PostgresDatabase,
     SSEStream,
     Visitor,
     requires_postgres,
@@ -47,16 +55,6 @@ def listen_on(visitor: Visitor, server: DaphneServer) -> SSEStream:
     return stream
 
 
-def messages_until(stream: SSEStream, last: str, timeout: float) -> list[str]:
-    """Collect notification messages up to `last`, then any that follow briefly."""
-    found: list[str] = []
-    deadline = time.monotonic() + timeout
-    while last not in found and time.monotonic() < deadline:
-        found += [e.json()["message"] for e in stream.collect(wait=0.2)]
-    found += [e.json()["message"] for e in stream.collect(wait=0.5)]
-    return found
-
-
 class InstancesMixin:
     """The tests every cross-process transport must pass; subclasses set it up."""
 
@@ -64,7 +62,7 @@ class InstancesMixin:
 
     @classmethod
     def start_instances(cls, extra_env: dict[str, str]) -> None:
-        cls.database = PostgresDatabase("i4").create()
+        cls.database = ClonedPostgresDatabase("i4").create()
         cls.env = {
             "DATABASE_URL": cls.database.url,
             "NOTIFICATIONS_TRANSPORT": cls.transport,
@@ -72,15 +70,6 @@ class InstancesMixin:
         }
         cls.a = DaphneServer(env=cls.env).start()
         cls.b = DaphneServer(env=cls.env).start()
-        run_manage(
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            "admin",
-            "--email",
-            "admin@example.com",
-            env={**cls.env, "DJANGO_SUPERUSER_PASSWORD": "pw-for-tests"},
-        )
 
     @classmethod
     def stop_instances(cls) -> None:
@@ -129,7 +118,7 @@ class InstancesMixin:
     def test_admin_on_one_instance_reaches_pages_on_the_other(self):
         staff = Visitor(self.a.url)
         self.addCleanup(staff.close)
-        staff.login("admin", "pw-for-tests")
+        staff.login(STAFF_USERNAME, STAFF_PASSWORD)
         target = self.visitor(self.b)
         stream = target.listen()
         stream.next("stream-open")
@@ -286,7 +275,7 @@ class PostgresPollingTests(SimpleTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.database = PostgresDatabase("i4poll").create()
+        cls.database = ClonedPostgresDatabase("i4poll").create()
         cls.env = {
             "DATABASE_URL": cls.database.url,
             "NOTIFICATIONS_TRANSPORT": "database",
@@ -318,7 +307,11 @@ class PostgresPollingTests(SimpleTestCase):
             f"    visitor = Visitor.objects.get(token='{session_token(visitor)}')\n"
             "    notification_send(visitor=visitor, message='late')\n"
             f"    Path('{flag}').write_text('x')\n"
-            "    time.sleep(1.5)\n"
+            # Commit only once the test has sent (and committed) a higher id.
+            "    for _ in range(400):\n"
+            f"        if Path('{flag}.go').exists():\n"
+            "            break\n"
+            "        time.sleep(0.05)\n"
         )
         slow = ManageProcess("shell", "-c", code, env=self.env).start()
         self.addCleanup(slow.stop)
@@ -328,8 +321,9 @@ class PostgresPollingTests(SimpleTestCase):
             time.sleep(0.05)
 
         run_manage("notify", "--broadcast", "early", env=self.env)
-
         early = stream.next("notification", timeout=2).json()
+        Path(f"{flag}.go").write_text("x")
+
         self.assertEqual(slow.wait(timeout=20), 0, slow.log())
         late = stream.next("notification", timeout=2).json()
         self.assertEqual((early["message"], late["message"]), ("early", "late"))

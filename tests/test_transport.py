@@ -13,7 +13,7 @@ from django.test import TransactionTestCase
 
 from notifications.models import Notification
 
-from .processes import db_worker
+from .processes import db_worker, messages_until
 from .utils import DaphneServer, Visitor, current_database_url, run_manage
 
 
@@ -79,7 +79,7 @@ class DatabaseTransportTests(TransactionTestCase):
 
         manage("shell", "-c", code)
 
-        messages = [event.json()["message"] for event in stream.collect(wait=2.5)]
+        messages = messages_until(stream, "burst 24", timeout=3)
         self.assertEqual(messages, [f"burst {i}" for i in range(25)])
 
     def test_rolled_back_send_in_another_process_is_never_delivered(self):
@@ -99,8 +99,7 @@ class DatabaseTransportTests(TransactionTestCase):
 
         manage("shell", "-c", code)
 
-        messages = [event.json()["message"] for event in stream.collect(wait=2.5)]
-        self.assertEqual(messages, ["committed"])
+        self.assertEqual(messages_until(stream, "committed", timeout=3), ["committed"])
         self.assertFalse(Notification.objects.filter(message="rolled back").exists())
 
     def test_notify_command_refuses_unknown_targets_and_levels(self):
@@ -177,3 +176,47 @@ class ReportJobTests(TransactionTestCase):
             (accepted.status_code, accepted.headers["location"]), (302, "/")
         )
         self.assertEqual(Notification.objects.filter(event_type="progress").count(), 1)
+
+
+class ResumeAheadTests(TransactionTestCase):
+    """A page rendered from the table can be ahead of its server's listener."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # A slow poll keeps the listener behind the table for the whole test.
+        cls.server = DaphneServer(
+            env={
+                "NOTIFICATIONS_TRANSPORT": "database",
+                "NOTIFICATIONS_POLL_INTERVAL": "30",
+            }
+        ).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        super().tearDownClass()
+
+    def test_stream_resuming_past_the_listener_neither_resets_nor_repeats(self):
+        visitor = Visitor(self.server.url)
+        self.addCleanup(visitor.close)
+        visitor.open_page()
+        first_stream = visitor.listen()
+        first_stream.next("stream-open")
+        manage("notify", "--session", session_token(visitor), "From the shell")
+        visitor.open_page()
+        self.assertIn(":1", visitor.last_event_id())
+
+        stream = visitor.listen(f"?lastEventId={visitor.last_event_id()}")
+        stream.next("stream-open")
+        visitor.press_button()
+
+        events = stream.collect("notification", wait=1.0)
+        self.assertEqual(
+            [e.json()["message"] for e in events], ["You pressed the button"]
+        )
+        self.assertNotIn(b"stream-reset", bytes(stream.raw))
+        self.assertEqual(
+            [e.json()["message"] for e in first_stream.collect(wait=0.2)],
+            ["From the shell", "You pressed the button"],
+        )
