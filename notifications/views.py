@@ -11,7 +11,6 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     JsonResponse,
-    QueryDict,
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
@@ -20,10 +19,8 @@ from django.views.decorators.http import require_GET, require_POST
 from django_eventstream.utils import (
     add_default_headers,
     make_id,
-    sse_encode_event,
     sse_error_response,
 )
-from django_eventstream.views import events as eventstream_events
 
 from .conf import conf
 from .listener import with_listener
@@ -45,6 +42,7 @@ from .services import (
     visitor_ensure,
 )
 from .storage import release_connection
+from .streaming import event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -178,11 +176,12 @@ def _done(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def stream(request: HttpRequest) -> HttpResponse:
-    """Serve the page's event stream through django-eventstream.
+    """Serve the page's event stream: its session's, user's and broadcast channels.
 
-    Only the resume position is taken from the client; every other query
-    parameter (`channel`, `es-meta`, `recover`, `link`...) is dropped before
-    django-eventstream sees the request.
+    Only the resume position (`Last-Event-ID`, or `lastEventId` for a page's
+    first connection) is taken from the client; every other query parameter
+    (`channel`, `es-meta`, `recover`...) is ignored. A position that cannot be
+    used gets a `stream-reset` event and a start from the current rows.
     """
     visitor = visitor_for_request(request)
     if visitor is None:
@@ -194,11 +193,11 @@ def stream(request: HttpRequest) -> HttpResponse:
         return response
     request.notifications_visitor = visitor
 
-    raw_id = request.META.pop("HTTP_LAST_EVENT_ID", "") or _last_non_empty(
+    raw_id = request.META.get("HTTP_LAST_EVENT_ID", "") or _last_non_empty(
         request.GET.getlist("lastEventId")
     )
     channels = channels_for(visitor=visitor, user=request_user(request))
-    clean = QueryDict(mutable=True)
+    positions = None
     reset_reason = ""
     if raw_id:
         reset_reason = last_event_id_problem(raw_id, channels)
@@ -209,21 +208,19 @@ def stream(request: HttpRequest) -> HttpResponse:
                 reset_reason,
             )
         else:
-            clean["lastEventId"] = raw_id
-    request.GET = clean
-
-    response = eventstream_events(request)
-    if reset_reason and isinstance(response, StreamingHttpResponse):
-        reset = sse_encode_event(
-            "stream-reset",
-            {"reason": reset_reason, "channels": channels},
-            event_id=make_id(current_seqs(channels)),
-            json_encode=True,
-        )
-        response.streaming_content = _prepend(reset, response.streaming_content)
-    if isinstance(response, StreamingHttpResponse):
-        # This process's cross-process listener starts with its first stream.
-        response.streaming_content = with_listener(response.streaming_content)
+            positions = {
+                unquote(channel): int(number)
+                for channel, _, number in (
+                    part.rpartition(":") for part in raw_id.split(",")
+                )
+            }
+    response = StreamingHttpResponse(
+        event_stream(channels=channels, positions=positions, reset_reason=reset_reason),
+        content_type="text/event-stream",
+    )
+    add_default_headers(response, request=request)
+    # This process's cross-process listener starts with its first stream.
+    response.streaming_content = with_listener(response.streaming_content)
     release_connection()
     return response
 
@@ -251,9 +248,3 @@ def _last_non_empty(values: list[str]) -> str:
         if value:
             return value
     return ""
-
-
-async def _prepend(first: str, rest):  # type: ignore[no-untyped-def]
-    yield first.encode()
-    async for chunk in rest:
-        yield chunk

@@ -422,21 +422,38 @@ class Visitor:
 
 
 class RecordingListener:
-    """Register a django-eventstream listener and record what reaches it."""
+    """Register a django-eventstream listener and record what its stream would send.
+
+    Like the stream, it takes queued events as they are and, when asked to
+    (`overflow`), re-reads the table from the position it has reached.
+    """
 
     def __init__(self, *channels: str) -> None:
         from django_eventstream.views import Listener, get_listener_manager
 
+        from notifications.storage import NotificationStorage
+
+        self.storage = NotificationStorage()
         self.manager = get_listener_manager()
         self.listener = Listener()
         self.listener.channels = set(channels)
         self.listener.wake_threadsafe = lambda: None  # no event loop in these tests
+        self.position = {c: self.storage.get_current_id(c) for c in channels}
+        self.received: list = []
         self.manager.add_listener(self.listener)
 
     def events(self) -> list:
-        return [
-            event for items in self.listener.channel_items.values() for event in items
-        ]
+        with self.manager.lock:
+            queued, overflow = self.listener.channel_items, self.listener.overflow
+            self.listener.channel_items, self.listener.overflow = {}, False
+        fresh = [event for items in queued.values() for event in items]
+        if overflow:
+            for channel, position in self.position.items():
+                fresh += self.storage.get_events(channel, position, limit=10**6)
+        for event in fresh:
+            self.position[event.channel] = event.id
+        self.received += fresh
+        return list(self.received)
 
     def close(self) -> None:
         self.manager.remove_listener(self.listener)
