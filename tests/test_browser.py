@@ -117,18 +117,15 @@ class BrowserTestCase(TransactionTestCase):
         )
         from playwright.sync_api import sync_playwright
 
+        # Class cleanups run even when a later step of this setup fails.
         cls.server = DaphneServer(env=cls.server_env).start()
+        cls.addClassCleanup(cls.server.stop)
         cls.playwright = sync_playwright().start()
+        cls.addClassCleanup(cls.playwright.stop)
         cls.browser = cls.playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.browser.close()
-        cls.playwright.stop()
-        cls.server.stop()
-        super().tearDownClass()
+        cls.addClassCleanup(cls.browser.close)
 
     def new_visitor(self, **options):
         """Return a new browser context: a visitor with cookies of its own."""
@@ -177,12 +174,15 @@ class BrowserTestCase(TransactionTestCase):
         context.route(STREAM_URL, lambda route: held.append(route))
         return held
 
-    def release(self, context, held: list, page) -> None:
+    def wait_held(self, held: list, page) -> None:
         for _ in range(200):  # the request starts once the script runs
             if held:
-                break
+                return
             page.wait_for_timeout(50)
-        self.assertTrue(held, "the page never asked for its stream")
+        self.fail("the page never asked for its stream")
+
+    def release(self, context, held: list, page) -> None:
+        self.wait_held(held, page)
         for route in held:
             route.continue_()
         context.unroute(STREAM_URL)
@@ -255,10 +255,7 @@ class BrowserPageTests(BrowserTestCase):
         notification_send(
             visitor=self.visitor_row(page), message="Lost in a gap", level="warning"
         )
-        for _ in range(200):
-            if held:
-                break
-            page.wait_for_timeout(50)
+        self.wait_held(held, page)
 
         # A position the server cannot resume from: it answers with a reset.
         held[0].continue_(url=f"{self.server.url}/notifications/?lastEventId=garbage")
