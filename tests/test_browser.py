@@ -404,8 +404,8 @@ class BrowserPageTests(BrowserTestCase):
         # Focus stays on the page rather than falling back to <body>.
         self.assertNotEqual(page.evaluate("document.activeElement.tagName"), "BODY")
 
-    def test_screenshots_of_all_four_levels_at_desktop_and_phone_width(self):
-        sizes = {"desktop": (1280, 800), "phone": (390, 844)}
+    def test_screenshots_of_all_four_levels_at_three_widths(self):
+        sizes = {"desktop": (1280, 800), "tablet": (768, 1024), "phone": (390, 844)}
         for name, (width, height) in sizes.items():
             context = self.new_visitor(viewport={"width": width, "height": height})
             held = self.hold_streams(context)
