@@ -171,7 +171,8 @@ class DaphneServer:
             **self.env,
         }
         self.log_path.parent.mkdir(exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
+        # Appending keeps the log of a run before a restart on the same port.
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -210,6 +211,26 @@ class DaphneServer:
                 self.process.wait(timeout=5)
         if getattr(self, "_log", None):
             self._log.close()
+
+    def kill(self) -> None:
+        """End the server at once (SIGKILL), as a crash would: no clean shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def restart(self, *, kill: bool = False) -> DaphneServer:
+        """Stop the server and start it again on the same port and URL.
+
+        Pages that were connected see their streams drop and must reconnect
+        to the same address, as they would after a deployment or a crash.
+        """
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -417,7 +438,12 @@ class RecordingListener:
         self.listener = Listener()
         self.listener.channels = set(channels)
         self.listener.wake_threadsafe = lambda: None  # no event loop in these tests
-        self.position = {c: self.storage.get_current_id(c) for c in channels}
+        # The table's numbers, read without the storage: its get_current_id
+        # would also set this process's delivery mark, which tests of the
+        # marks set themselves.
+        from notifications.selectors import current_seqs
+
+        self.position = current_seqs(list(channels))
         self.received: list = []
         self.manager.add_listener(self.listener)
 
