@@ -467,7 +467,12 @@ class BrowserReadTests(BrowserTestCase):
         self.wait_state(page, "live")
         self.assertEqual(self.unread(page), 1)
         self.assertEqual(page.locator("#inbox .inbox-item").count(), 1)
-        self.assertEqual(Notification.objects.filter(read_at__isnull=True).count(), 1)
+        self.assertEqual(
+            Notification.objects.filter(
+                read_at__isnull=True, event_type="notification"
+            ).count(),
+            1,
+        )
 
     def test_mark_all_read_empties_the_inbox_for_good(self):
         page = self.open_page(self.new_visitor())

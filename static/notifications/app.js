@@ -111,7 +111,9 @@
   }
 
   function closeAlert(alert) {
-    if (!alert.isConnected) return;
+    // Bootstrap drops "show" when a close starts; closing twice (a click, then
+    // the server's read event) would make it remove a disposed element.
+    if (!alert.isConnected || !alert.classList.contains("show")) return;
     if (alert.contains(document.activeElement)) {
       // Keep keyboard focus on the page instead of losing it to <body>.
       const next = alert.nextElementSibling || alert.previousElementSibling;
