@@ -18,14 +18,20 @@ thread per request.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
+from django_eventstream.utils import add_default_headers, make_id
+from django_eventstream.views import get_listener_manager
 
 from .conf import conf
 
@@ -72,3 +78,159 @@ class SharedStreamThreads:
             return
         async with ThreadSensitiveContext(executor=self._next_executor()):
             await self.app(scope, receive, send)
+
+
+# Seconds without an event before a comment-like keep-alive event is sent,
+# as django-eventstream does, so proxies do not close an idle stream.
+KEEP_ALIVE_SECONDS = 20
+# The first chunk is padded so that old proxies and browsers flush at once.
+OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_UNSAFE = re.compile(r"[\r\n\0]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(event_type: str, data: str) -> tuple[str, str]:
+    # A broadcast is the same event for every page: encode its name and data
+    # once for all of them; only the id line differs from page to page.
+    name = f"event: {_UNSAFE.sub('', event_type)}\n"
+    lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    return name, lines
+
+
+def encode_event(event_type: str, data: str, event_id: str | None) -> str:
+    """Return one SSE frame, as django_eventstream.utils.sse_encode_event writes it."""
+    name, lines = _encoded(str(event_type), str(data))
+    if event_id:
+        return f"{name}id: {_UNSAFE.sub('', event_id)}\n{lines}\n"
+    return f"{name}{lines}\n"
+
+
+def stream_response(request: HttpRequest) -> HttpResponse:
+    """Return the stream of `request`'s channels, served by our own loop.
+
+    Errors (a bad request, a forbidden channel) and GRIP-proxied requests go
+    to django-eventstream's `events` view, which answers them itself.
+    """
+    from django_eventstream.eventrequest import EventRequest
+    from django_eventstream.eventstream import EventPermissionError
+    from django_eventstream.views import Listener
+    from django_eventstream.views import events as eventstream_events
+
+    grip = getattr(request, "grip", None)
+    if grip is not None and grip.proxied:
+        return eventstream_events(request)
+    try:
+        event_request = EventRequest(request)
+    except (EventRequest.Error, EventPermissionError):
+        return eventstream_events(request)
+    listener = Listener()
+    listener.user_id = event_request.user.pk if event_request.user else "anonymous"
+    listener.channels = event_request.channels
+    response = StreamingHttpResponse(
+        _stream(event_request, listener), content_type="text/event-stream"
+    )
+    add_default_headers(response, request=request)
+    return response
+
+
+async def _stream(event_request: Any, listener: Any) -> AsyncIterator[str]:
+    """Send what the store holds after the page's position, then live events.
+
+    The loop follows django-eventstream's own, with three differences: the
+    page's position is saved after every chunk, so a re-read after events
+    raced the store read neither repeats nor skips them (the library's loop
+    re-reads from the connect position, sending duplicates out of order, or
+    from the channel's end on a fresh stream, dropping what came in between);
+    waiting costs no task per wake-up; and each event is encoded once.
+    """
+    from django_eventstream.eventstream import EventPermissionError, get_events
+    from django_eventstream.utils import sse_encode_error, sse_encode_event
+
+    read = sync_to_async(get_events)
+    listener.assign_loop()
+    manager = get_listener_manager()
+    manager.add_listener(listener)
+    try:
+        opening = OPENING
+        while True:
+            try:
+                found = await read(event_request)
+            except EventPermissionError as exc:
+                yield sse_encode_error(
+                    "forbidden", str(exc), {"channels": exc.channels}
+                )
+                return
+            position = dict(found.channel_last_ids)
+            parts = [opening]
+            opening = ""
+            if found.channel_reset:
+                parts.append(
+                    sse_encode_event(
+                        "stream-reset",
+                        {"channels": list(found.channel_reset)},
+                        event_id=make_id(position),
+                        json_encode=True,
+                    )
+                )
+            for channel, items in found.channel_items.items():
+                for item in items:
+                    position[channel] = item.id
+                    parts.append(encode_event(item.type, item.data, make_id(position)))
+            event_request.channel_last_ids = dict(position)
+            body = "".join(parts)
+            if body:
+                yield body
+            if found.channel_more:
+                continue
+            with manager.lock:
+                # Events queued during the read may or may not be in it: drop
+                # them and read again from the saved position.
+                raced = bool(listener.channel_items)
+                if raced:
+                    listener.aevent.clear()
+                    listener.channel_items = {}
+            if raced:
+                continue
+            # Caught up: wait for wake-ups until an overflow sends us back to
+            # the store or an error ends the stream.
+            while True:
+                try:
+                    async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                        await listener.aevent.wait()
+                except TimeoutError:
+                    yield "event: keep-alive\ndata:\n\n"
+                    continue
+                with manager.lock:
+                    queued = listener.channel_items
+                    overflow = listener.overflow
+                    error = listener.error
+                    listener.aevent.clear()
+                    listener.channel_items = {}
+                    listener.overflow = False
+                parts = []
+                for channel, items in queued.items():
+                    for item in items:
+                        if channel in position:
+                            if item.id is not None:
+                                position[channel] = item.id
+                            else:
+                                del position[channel]
+                        event_id = make_id(position) if position else None
+                        parts.append(encode_event(item.type, item.data, event_id))
+                event_request.channel_last_ids = dict(position)
+                if error:
+                    parts.append(
+                        sse_encode_error(
+                            error["condition"], error["text"], error.get("extra")
+                        )
+                    )
+                    yield "".join(parts)
+                    return
+                if parts:
+                    yield "".join(parts)
+                if overflow:
+                    break
+    finally:
+        listener.aevent.set()
+        manager.remove_listener(listener)

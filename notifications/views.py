@@ -13,7 +13,6 @@ from django_eventstream.utils import (
     sse_encode_event,
     sse_error_response,
 )
-from django_eventstream.views import events as eventstream_events
 
 from .conf import conf
 from .models import Notification
@@ -26,6 +25,7 @@ from .selectors import (
 )
 from .services import notification_send, visitor_ensure
 from .storage import release_connection
+from .streaming import stream_response
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def stream(request: HttpRequest) -> HttpResponse:
             )
     request.GET = clean
 
-    response = eventstream_events(request)
+    response = stream_response(request)
     if reset_reason and isinstance(response, StreamingHttpResponse):
         channels = channels_for(visitor=visitor, user=request_user(request))
         reset = sse_encode_event(

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.test import TransactionTestCase
 
 from .utils import DaphneServer, Visitor
 
+# Presses at once, from several clients: more than django-eventstream queues
+# for one page (10), so the stream goes back to the store for the rest.
+PRESSES = 40
+PRESSERS = 8
+
 # Streams opened on top of the first few; with a thread per stream the server
 # would grow by this many threads.
 MORE_STREAMS = 24
+
+
+def session_seq(event_id: str) -> int:
+    positions = dict(part.rsplit(":", 1) for part in event_id.split(","))
+    [seq] = [v for k, v in positions.items() if k.startswith("session-")]
+    return int(seq)
 
 
 def server_threads(server: DaphneServer) -> int:
@@ -58,3 +70,25 @@ class SharedStreamThreadsTests(TransactionTestCase):
             self.assertEqual(visitor.press_button().status_code, 204)
             data = stream.next("notification", timeout=5).json()
             self.assertEqual(data["message"], "You pressed the button")
+
+    def test_burst_arrives_once_each_in_order(self):
+        [(visitor, stream)] = self.open_streams(1)
+        clients = [Visitor(self.server.url) for _ in range(PRESSERS)]
+        for client in clients:
+            self.addCleanup(client.close)
+            # The same browser session: every press goes to this one page.
+            client.client.cookies = visitor.client.cookies
+
+        with ThreadPoolExecutor(PRESSERS) as pool:
+            statuses = list(
+                pool.map(
+                    lambda k: clients[k % PRESSERS].press_button().status_code,
+                    range(PRESSES),
+                )
+            )
+
+        self.assertEqual(statuses, [204] * PRESSES)
+        events = [stream.next("notification", timeout=10) for _ in range(PRESSES)]
+        seqs = [session_seq(event.id) for event in events]
+        self.assertEqual(seqs, list(range(1, PRESSES + 1)))
+        self.assertEqual(stream.collect("notification", wait=0.5), [])
