@@ -69,7 +69,9 @@ def proc_status(pid: int) -> dict[str, int]:
 class Server:
     """One Daphne process, started with the listen backlog the README gives."""
 
-    def __init__(self, name: str, app: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, app: str, env: dict[str, str], profile: bool = False
+    ) -> None:
         self.name = name
         self.port = free_port()
         log_dir = BASE_DIR / "bench" / "results"
@@ -77,8 +79,12 @@ class Server:
         self.log_path = log_dir / f"daphne-{name}-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         endpoint = f"tcp:port={self.port}:interface={HOST}:backlog={BACKLOG}"
+        # cProfile sees the event loop's thread: the fan-out, the stream loops
+        # and Daphne's writes; it writes its stats when Daphne exits.
+        self.profile_path = log_dir / f"profile-{name}-{self.port}.pstats"
+        wrapper = ["-m", "cProfile", "-o", str(self.profile_path)] if profile else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-e", endpoint, app],
+            [sys.executable, *wrapper, "-m", "daphne", "-e", endpoint, app],
             cwd=BASE_DIR,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdout=self._log,
@@ -392,12 +398,15 @@ async def measure(target: Target, n: int, sends: int, burst: int) -> dict[str, A
     return result
 
 
-def start_target(name: str, database: ProductDatabase | None) -> Target:
+def start_target(
+    name: str, database: ProductDatabase | None, profile: bool = False
+) -> Target:
     if name == "bare":
         server = Server(
             "bare",
             "bench.bare.asgi:application",
             {"DJANGO_SETTINGS_MODULE": "bench.bare.settings"},
+            profile,
         )
         return Target("bare", server, None)
     assert database is not None
@@ -412,6 +421,7 @@ def start_target(name: str, database: ProductDatabase | None) -> Target:
             "DJANGO_SECURE_SSL_REDIRECT": "0",
             "NOTIFICATIONS_LOG_LEVEL": "WARNING",
         },
+        profile,
     )
     return Target("product", server, database, database.cookies)
 
@@ -498,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=500)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--apps", default="product,bare")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each server under cProfile (event-loop thread); stats in results/",
+    )
     parser.add_argument("--out", default=str(BASE_DIR / "bench/results/latest.json"))
     args = parser.parse_args(argv)
     sizes = args.n or [1000]
@@ -518,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             run: dict[str, Any] = {"n": n}
             for name in apps:
-                target = start_target(name, database)
+                target = start_target(name, database, args.profile)
                 try:
                     run[name] = asyncio.run(measure(target, n, args.sends, args.burst))
                 finally:
