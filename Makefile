@@ -28,6 +28,11 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
+# Production-style serving: Daphne with a listen backlog for reconnect bursts.
+serve: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=2048 notifysite.asgi:application
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

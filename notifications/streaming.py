@@ -108,6 +108,48 @@ def encode_event(event_type: str, data: str, event_id: str | None) -> str:
     return f"{name}{lines}\n"
 
 
+# The event loop that serves this process's streams, once one has started.
+_stream_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def deliver(channel: str, event: Any) -> None:
+    """Queue `event` for this process's streams of `channel`, waking them at once.
+
+    From a sender's thread, django-eventstream's `add_to_queues` wakes each
+    listener with its own `call_soon_threadsafe` (a write to the loop's wake
+    pipe per page). Handing the whole fan-out to the streams' loop in one call
+    wakes every page from inside the loop instead.
+    """
+    manager = get_listener_manager()
+    loop = _stream_loop
+    idle = loop is None or loop.is_closed() or not loop.is_running()
+    if idle or _running_loop() is loop:
+        manager.add_to_queues(channel, event)
+    else:
+        loop.call_soon_threadsafe(manager.add_to_queues, channel, event)
+
+
+def _listener_class() -> type:
+    from django_eventstream.views import Listener
+
+    class StreamListener(Listener):
+        def wake_threadsafe(self) -> None:
+            # Inside the loop (see `deliver`) a plain set() is enough.
+            if _running_loop() is self.loop:
+                self.aevent.set()
+            else:
+                self.loop.call_soon_threadsafe(self.aevent.set)
+
+    return StreamListener
+
+
 def stream_response(request: HttpRequest) -> HttpResponse:
     """Return the stream of `request`'s channels, served by our own loop.
 
@@ -116,7 +158,6 @@ def stream_response(request: HttpRequest) -> HttpResponse:
     """
     from django_eventstream.eventrequest import EventRequest
     from django_eventstream.eventstream import EventPermissionError
-    from django_eventstream.views import Listener
     from django_eventstream.views import events as eventstream_events
 
     grip = getattr(request, "grip", None)
@@ -132,7 +173,7 @@ def stream_response(request: HttpRequest) -> HttpResponse:
         first = read_events(event_request)
     except EventPermissionError:
         return eventstream_events(request)
-    listener = Listener()
+    listener = _listener_class()()
     listener.user_id = event_request.user.pk if event_request.user else "anonymous"
     listener.channels = event_request.channels
     response = StreamingHttpResponse(
@@ -211,8 +252,10 @@ async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterato
     from django_eventstream.eventstream import EventPermissionError
     from django_eventstream.utils import sse_encode_error, sse_encode_event
 
+    global _stream_loop
     read = sync_to_async(read_events)
     listener.assign_loop()
+    _stream_loop = listener.loop
     manager = get_listener_manager()
     manager.add_listener(listener)
     try:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django_eventstream.event import Event
-from django_eventstream.views import get_listener_manager
 
 if TYPE_CHECKING:
     from .models import Notification
@@ -32,10 +31,10 @@ def to_event(notification: Notification) -> Event:
 
 def publish(notification: Notification) -> None:
     """Deliver a committed notification to the open streams of its channel."""
+    from .streaming import deliver  # the stream side imports this module
+
     try:
-        get_listener_manager().add_to_queues(
-            notification.channel, to_event(notification)
-        )
+        deliver(notification.channel, to_event(notification))
     except Exception:
         # The row is committed; a page that missed the push replays it on
         # reconnect, so a failed publish must not fail the sender.
