@@ -50,7 +50,7 @@ test: lint pytest
 # Load benchmark, product beside bare django-eventstream (README, "Performance").
 # Quick: N = 1,000 in under two minutes; a smoke in CI, never failing on a figure.
 bench: install
-	$(BIN)/python -m bench.run --n 1000 --out bench/results/quick.json
+	$(BIN)/python -m bench.run --n 1000 --cross-count 1000 --out bench/results/quick.json
 
 # Full: N = 1,000, 3,000 and 10,000 (about fifteen minutes); not for CI.
 bench-full: install

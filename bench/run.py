@@ -399,7 +399,10 @@ async def measure(target: Target, n: int, sends: int, burst: int) -> dict[str, A
 
 
 def start_target(
-    name: str, database: ProductDatabase | None, profile: bool = False
+    name: str,
+    database: ProductDatabase | None,
+    profile: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> Target:
     if name == "bare":
         server = Server(
@@ -420,6 +423,7 @@ def start_target(
             "DJANGO_SECRET_KEY": database.secret_key,
             "DJANGO_SECURE_SSL_REDIRECT": "0",
             "NOTIFICATIONS_LOG_LEVEL": "WARNING",
+            **(extra or {}),
         },
         profile,
     )
@@ -508,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=500)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--apps", default="product,bare")
+    parser.add_argument("--cross-rate", type=int, default=500)
+    parser.add_argument(
+        "--cross-count", type=int, default=2500, help="0 skips the two-process run"
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -523,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "runs": [],
-        "cross_instance": cross_instance_status(),
+        "cross_instance": {"status": "not run"},
     }
     database = None
     try:
@@ -541,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} N={n}: {json.dumps(run[name])}", flush=True)
             report["runs"].append(run)
             print(table(run), flush=True)
+        if database is not None and args.cross_count:
+            report["cross_instance"] = cross_instance(
+                database, args.cross_rate, args.cross_count
+            )
     finally:
         if database is not None:
             database.drop()
@@ -553,18 +565,123 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cross_instance_status() -> dict[str, Any]:
-    """Say whether the cross-instance transports exist to be measured.
+def transports_available() -> bool:
+    """Whether `notifications` can carry a notification between processes.
 
-    They come with issue 4; until `notifications` has a PostgreSQL LISTEN
-    listener there is nothing between two processes to time.
+    The PostgreSQL and Redis transports come with issue 4; without them there
+    is nothing between two processes to time.
     """
-    sources = " ".join(
-        path.read_text() for path in (BASE_DIR / "notifications").rglob("*.py")
+    source = (BASE_DIR / "notifications" / "transport.py").read_text()
+    return "def transport_name" in source
+
+
+class RedisChild:
+    """A private `redis-server` on a free loopback port, stopped after the run."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", HOST]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not listen within 10 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+async def cross_send(
+    sender: Target, reader: Target, rate: int, count: int
+) -> dict[str, Any]:
+    """Send `count` notifications at `rate`/s through one process to a page on another."""
+    collector = Collector()
+    stream = Stream(
+        0, HOST, reader.server.port, reader.stream_path(0), reader.cookie(0), collector
     )
-    if "LISTEN" not in sources:
+    if not await stream.open(20):
+        return {"error": f"stream did not open: {stream.error}"}
+    await asyncio.sleep(1)
+    gate = asyncio.Semaphore(100)
+    statuses: list[int] = []
+
+    async def send(k: int, due: float) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        async with gate:
+            statuses.append(
+                await post(
+                    HOST,
+                    sender.server.port,
+                    sender.send_path(0, f"x{k}"),
+                    sender.cookie(0),
+                )
+            )
+
+    start = time.monotonic()
+    await asyncio.wait_for(
+        asyncio.gather(*(send(k, start + k / rate) for k in range(count))),
+        timeout=count / rate + 60,
+    )
+    sent_for = time.monotonic() - start
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if sum(1 for m in collector.by_marker if m.startswith("x")) >= count:
+            break
+        await asyncio.sleep(0.1)
+    delays = [
+        got[0].received - got[0].sent
+        for marker, got in collector.by_marker.items()
+        if marker.startswith("x")
+    ]
+    await stream.close()
+    return {
+        "sent": count,
+        "accepted": statuses.count(204),
+        "rate_achieved": round(count / sent_for, 1),
+        "received": len(delays),
+        "p50_ms": ms(percentile(delays, 0.5)),
+        "p99_ms": ms(percentile(delays, 0.99)),
+        "max_ms": ms(max(delays)) if delays else None,
+    }
+
+
+def cross_instance(database: ProductDatabase, rate: int, count: int) -> dict:
+    """Two product processes per transport: send through one, read on the other."""
+    if not transports_available():
         return {"status": "not available: transport missing"}
-    return {"status": "not measured in this run"}
+    results: dict[str, Any] = {"status": "measured", "rate": rate}
+    for transport in ("postgres", "redis"):
+        redis = RedisChild() if transport == "redis" else None
+        extra = {"NOTIFICATIONS_TRANSPORT": transport}
+        if redis is not None:
+            extra["REDIS_URL"] = redis.url
+        targets = []
+        try:
+            targets = [start_target("product", database, extra=extra) for _ in range(2)]
+            results[transport] = asyncio.run(
+                cross_send(targets[0], targets[1], rate, count)
+            )
+        except Exception as exc:
+            results[transport] = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for target in targets:
+                target.server.stop()
+            if redis is not None:
+                redis.stop()
+        print(f"cross-instance {transport}: {results[transport]}", flush=True)
+    return results
 
 
 if __name__ == "__main__":
