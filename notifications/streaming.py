@@ -136,6 +136,7 @@ def deliver(channel: str, event: Any) -> None:
         loop.call_soon_threadsafe(manager.add_to_queues, channel, event)
 
 
+@functools.cache
 def _listener_class() -> type:
     from django_eventstream.views import Listener
 
@@ -236,6 +237,11 @@ def read_events(event_request: Any, limit: int = 100) -> Any:
     return found
 
 
+# One wrapper for all streams; thread-sensitive, so each call runs on the
+# executor of the stream's own context (one of the shared threads).
+_read_async = sync_to_async(read_events)
+
+
 async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterator[str]:
     """Send what the store holds after the page's position, then live events.
 
@@ -253,7 +259,6 @@ async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterato
     from django_eventstream.utils import sse_encode_error, sse_encode_event
 
     global _stream_loop
-    read = sync_to_async(read_events)
     listener.assign_loop()
     _stream_loop = listener.loop
     manager = get_listener_manager()
@@ -262,7 +267,7 @@ async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterato
         opening = OPENING
         while True:
             try:
-                found = first if first is not None else await read(event_request)
+                found = first if first is not None else await _read_async(event_request)
                 first = None
             except EventPermissionError as exc:
                 yield sse_encode_error(
