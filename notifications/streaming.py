@@ -119,7 +119,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def deliver(channel: str, event: Any) -> None:
+def queue_for_streams(channel: str, event: Any) -> None:
     """Queue `event` for this process's streams of `channel`, waking them at once.
 
     From a sender's thread, django-eventstream's `add_to_queues` wakes each
@@ -142,7 +142,7 @@ def _listener_class() -> type:
 
     class StreamListener(Listener):
         def wake_threadsafe(self) -> None:
-            # Inside the loop (see `deliver`) a plain set() is enough.
+            # Inside the loop (see `queue_for_streams`) a plain set() is enough.
             if _running_loop() is self.loop:
                 self.aevent.set()
             else:

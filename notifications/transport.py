@@ -31,10 +31,10 @@ def to_event(notification: Notification) -> Event:
 
 def publish(notification: Notification) -> None:
     """Deliver a committed notification to the open streams of its channel."""
-    from .streaming import deliver  # the stream side imports this module
+    from .streaming import queue_for_streams  # streaming imports this module
 
     try:
-        deliver(notification.channel, to_event(notification))
+        queue_for_streams(notification.channel, to_event(notification))
     except Exception:
         # The row is committed; a page that missed the push replays it on
         # reconnect, so a failed publish must not fail the sender.
