@@ -168,17 +168,11 @@ def stream_response(request: HttpRequest) -> HttpResponse:
         event_request = EventRequest(request)
     except (EventRequest.Error, EventPermissionError):
         return eventstream_events(request)
-    # The first read runs here, on the view's thread and connection, rather
-    # than on one more trip to a thread from the stream.
-    try:
-        first = read_events(event_request)
-    except EventPermissionError:
-        return eventstream_events(request)
     listener = _listener_class()()
     listener.user_id = event_request.user.pk if event_request.user else "anonymous"
     listener.channels = event_request.channels
     response = StreamingHttpResponse(
-        _stream(event_request, listener, first), content_type="text/event-stream"
+        _stream(event_request, listener), content_type="text/event-stream"
     )
     add_default_headers(response, request=request)
     return response
@@ -242,7 +236,7 @@ def read_events(event_request: Any, limit: int = 100) -> Any:
 _read_async = sync_to_async(read_events)
 
 
-async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterator[str]:
+async def _stream(event_request: Any, listener: Any) -> AsyncIterator[str]:
     """Send what the store holds after the page's position, then live events.
 
     The loop follows django-eventstream's own, with three differences: the
@@ -267,8 +261,10 @@ async def _stream(event_request: Any, listener: Any, first: Any) -> AsyncIterato
         opening = OPENING
         while True:
             try:
-                found = first if first is not None else await _read_async(event_request)
-                first = None
+                # The listener is registered before each read: an event
+                # committed meanwhile is queued, and the race check below
+                # sends the loop back to the store for it.
+                found = await _read_async(event_request)
             except EventPermissionError as exc:
                 yield sse_encode_error(
                     "forbidden", str(exc), {"channels": exc.channels}
