@@ -34,7 +34,6 @@ from django_eventstream.utils import add_default_headers, make_id
 from django_eventstream.views import get_listener_manager
 
 from .conf import conf
-from .selectors import current_seqs
 from .storage import release_connection
 
 logger = logging.getLogger(__name__)
@@ -178,57 +177,19 @@ def stream_response(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def read_events(event_request: Any, limit: int = 100) -> Any:
-    """Read what a page missed, like django-eventstream's `get_events`.
+def read_events(event_request: Any) -> Any:
+    """Read what a page missed, with django-eventstream's own `get_events`.
 
-    The positions of all the page's channels come from one query, and a
-    channel the page is caught up on costs nothing more, so an idle page's
-    connect or wake-up takes one query instead of one or two per channel.
+    Each channel's position and rows come from the storage, as the library
+    reads them, so the storage alone decides what a stream may read; the
+    connection goes back to the pool afterwards, whatever happened.
     """
-    from django_eventstream.eventresponse import EventResponse
-    from django_eventstream.eventstream import EventPermissionError
-    from django_eventstream.storage import EventDoesNotExist
-    from django_eventstream.utils import get_channelmanager, get_storage
+    from django_eventstream.eventstream import get_events
 
-    found = EventResponse()
-    found.is_next = getattr(event_request, "is_next", False)
-    found.is_recover = event_request.is_recover
-    found.user = event_request.user
-    channels = sorted(event_request.channels)
-    if not channels:
-        return found
-    manager = get_channelmanager()
-    denied = [c for c in channels if not manager.can_read_channel(found.user, c)]
-    if denied:
-        raise EventPermissionError(
-            "Permission denied to channels: {}".format(", ".join(denied)),
-            channels=denied,
-        )
-    per_channel = max(1, limit // len(channels))
-    storage = get_storage()
     try:
-        current = current_seqs(channels)
-        for channel in channels:
-            last_id = event_request.channel_last_ids.get(channel)
-            items: list[Any] = []
-            if last_id is None:
-                last_id = str(current[channel])
-            elif int(last_id) != current[channel]:
-                try:
-                    items = storage.get_events(
-                        channel, int(last_id), limit=per_channel + 1
-                    )
-                except EventDoesNotExist as exc:
-                    found.channel_reset.add(channel)
-                    last_id = str(exc.current_id)
-                if len(items) > per_channel:
-                    items = items[:per_channel]
-                    found.channel_more.add(channel)
-            found.channel_items[channel] = items
-            found.channel_last_ids[channel] = last_id
+        return get_events(event_request)
     finally:
         release_connection()
-    return found
 
 
 # One wrapper for all streams; thread-sensitive, so each call runs on the
