@@ -13,7 +13,7 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.14 python3; do \
 	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	   echo $$p; break; fi; done)
 
-.PHONY: install run serve test lint pytest djangotest browsers clean bench bench-full
+.PHONY: install run serve worker test lint pytest djangotest browsers clean bench bench-full
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is required (Django 6.1); none was found on PATH." >&2; exit 1; }
@@ -24,14 +24,21 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
+# The server and the task worker (the report job) together; Ctrl-C stops both.
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # Production-style serving: Daphne with a listen backlog for reconnect bursts.
 serve: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=2048 notifysite.asgi:application
+
+# The task worker alone, beside a server started on its own.
+worker: install
+	$(BIN)/python manage.py db_worker
 
 lint: install
 	$(BIN)/ruff check .

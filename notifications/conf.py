@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     # Threads shared by all open event streams of a process for their short
     # database reads (notifications.streaming); not one thread per stream.
     "NOTIFICATIONS_STREAM_THREADS": 4,
+    # Seconds the report job pauses after each step, so its progress shows.
+    "NOTIFICATIONS_REPORT_STEP_SECONDS": 1.0,
     # Most unread notifications listed by the inbox and the JSON endpoint.
     "NOTIFICATIONS_INBOX_LIMIT": 50,
 }

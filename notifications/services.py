@@ -74,6 +74,8 @@ def notification_send(
             payload=payload,
             seq=_next_seq(channel),
         )
+        # A PostgreSQL NOTIFY, when that is the transport, commits with the row.
+        transport.announce(notification)
         # Publish on commit: a rolled-back send must never reach a page, and a
         # page must never learn of a row it cannot read back yet.
         transaction.on_commit(lambda: transport.publish(notification))
@@ -186,3 +188,26 @@ def visitor_ensure(request: HttpRequest) -> Visitor:
         request.session[SESSION_TOKEN_KEY] = visitor.token
         logger.info("new browser session %s", visitor.pk)
     return visitor_touch(visitor, user=getattr(request, "user", None))
+
+
+def report_job_enqueue(visitor: Visitor) -> str:
+    """Queue the report job for a browser session; return the job's id.
+
+    The session hears at once that the job is queued, since a worker may be
+    busy or not running yet.
+    """
+    from .tasks import PROGRESS_EVENT_TYPE, report_build
+
+    # One transaction: a database-backed worker cannot see the job before the
+    # "queued" event is numbered, so the job's own events come after it.
+    with transaction.atomic():
+        result = report_build.enqueue(visitor_id=visitor.pk)
+        if not result.is_finished:
+            notification_send(
+                visitor=visitor,
+                message="Report: queued (0%)",
+                event_type=PROGRESS_EVENT_TYPE,
+                payload={"job": str(result.id), "percent": 0, "step": "queued"},
+            )
+    logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
+    return str(result.id)

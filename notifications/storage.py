@@ -12,6 +12,7 @@ from django.db import connection
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist, StorageBase
 
+from . import transport
 from .models import Notification
 from .selectors import current_seqs
 from .transport import to_event
@@ -35,10 +36,20 @@ class NotificationStorage(StorageBase):
         )
 
     def get_current_id(self, channel: str) -> int:
+        generation = transport.scan_generation()
         try:
-            return current_seqs([channel])[channel]
+            current = current_seqs([channel])[channel]
         finally:
             release_connection()
+        return self._reach(channel, current, generation)
+
+    @staticmethod
+    def _reach(channel: str, current: int, generation: int) -> int:
+        # With a listener in this process, a read stops at the channel's mark:
+        # rows above it reach the stream from the listener, once.
+        if not transport.listener_active():
+            return current
+        return transport.mark_for_read(channel, current, generation)
 
     def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
         """Return the events after `last_id`, in order, or raise EventDoesNotExist.
@@ -47,19 +58,29 @@ class NotificationStorage(StorageBase):
         `last_id + 1` means the client missed rows that are gone (trimmed, or
         an id from another database): the caller then sends a reset.
         """
+        generation = transport.scan_generation()
         try:
             current = current_seqs([channel])[channel]
             if last_id > current:
                 raise EventDoesNotExist(f"No event {last_id} on this channel", current)
-            if last_id == current:
-                return []
+        finally:
+            release_connection()
+        reach = self._reach(channel, current, generation)
+        if last_id > reach:
+            # The client already has rows this process has not delivered yet
+            # (its page was rendered from the table): move the mark up to it.
+            transport.catch_up_channel(channel, upto=last_id)
+            return []
+        if last_id == reach:
+            return []
+        try:
             rows = list(
-                Notification.objects.filter(channel=channel, seq__gt=last_id).order_by(
-                    "seq"
-                )[:limit]
+                Notification.objects.filter(
+                    channel=channel, seq__gt=last_id, seq__lte=reach
+                ).order_by("seq")[:limit]
             )
         finally:
             release_connection()
         if not rows or rows[0].seq != last_id + 1:
-            raise EventDoesNotExist(f"Events after {last_id} were removed", current)
+            raise EventDoesNotExist(f"Events after {last_id} were removed", reach)
         return [to_event(row) for row in rows]

@@ -15,6 +15,7 @@ from django_eventstream.utils import (
 )
 
 from .conf import conf
+from .listener import with_listener
 from .models import Notification
 from .selectors import (
     channels_for,
@@ -23,7 +24,7 @@ from .selectors import (
     request_user,
     visitor_for_request,
 )
-from .services import notification_send, visitor_ensure
+from .services import notification_send, report_job_enqueue, visitor_ensure
 from .storage import release_connection
 from .streaming import stream_response
 
@@ -69,6 +70,14 @@ def button_pressed(request: HttpRequest) -> HttpResponse:
     notification_send(
         visitor=visitor, message="You pressed the button", level=Notification.Level.INFO
     )
+    return _done(request)
+
+
+@require_POST
+def report_start(request: HttpRequest) -> HttpResponse:
+    """Queue the report job for the requester's session, which it keeps informed."""
+    visitor = visitor_ensure(request)
+    report_job_enqueue(visitor)
     return _done(request)
 
 
@@ -123,6 +132,9 @@ def stream(request: HttpRequest) -> HttpResponse:
             json_encode=True,
         )
         response.streaming_content = _prepend(reset, response.streaming_content)
+    if isinstance(response, StreamingHttpResponse):
+        # This process's cross-process listener starts with its first stream.
+        response.streaming_content = with_listener(response.streaming_content)
     release_connection()
     return response
 

@@ -184,6 +184,12 @@ EVENTSTREAM_ALLOW_CREDENTIALS = bool(EVENTSTREAM_ALLOW_ORIGINS)
 # --- notifications ----------------------------------------------------------
 NOTIFICATIONS_TRANSPORT = os.environ.get("NOTIFICATIONS_TRANSPORT", "") or None
 NOTIFICATIONS_REDIS_URL = os.environ.get("REDIS_URL", "") or None
+if os.environ.get("NOTIFICATIONS_POLL_INTERVAL"):
+    NOTIFICATIONS_POLL_INTERVAL = float(os.environ["NOTIFICATIONS_POLL_INTERVAL"])
+if os.environ.get("NOTIFICATIONS_REPORT_STEP_SECONDS"):
+    NOTIFICATIONS_REPORT_STEP_SECONDS = float(
+        os.environ["NOTIFICATIONS_REPORT_STEP_SECONDS"]
+    )
 
 LOGGING = {
     "version": 1,
