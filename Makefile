@@ -13,7 +13,7 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.14 python3; do \
 	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	   echo $$p; break; fi; done)
 
-.PHONY: install run serve worker test lint pytest djangotest browsers clean
+.PHONY: install run serve worker test lint pytest djangotest browsers clean bench bench-full
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is required (Django 6.1); none was found on PATH." >&2; exit 1; }
@@ -30,6 +30,11 @@ run: install
 	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# Production-style serving: Daphne with a listen backlog for reconnect bursts.
+serve: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=2048 notifysite.asgi:application
 
 # The task worker alone, beside a server started on its own.
 worker: install
@@ -48,6 +53,15 @@ djangotest: install
 	$(BIN)/python manage.py test tests
 
 test: lint pytest
+
+# Load benchmark, product beside bare django-eventstream (README, "Performance").
+# Quick: N = 1,000 in under two minutes; a smoke in CI, never failing on a figure.
+bench: install
+	$(BIN)/python -m bench.run --n 1000 --cross-count 1000 --out bench/results/quick.json
+
+# Full: N = 1,000, 3,000 and 10,000 (about fifteen minutes); not for CI.
+bench-full: install
+	$(BIN)/python -m bench.run --n 1000 --n 3000 --n 10000 --out bench/results/full.json
 
 clean:
 	rm -rf $(VENV) artifacts

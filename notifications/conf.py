@@ -22,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     # Days a notification is kept; read ones go after READ_RETENTION_DAYS.
     "NOTIFICATIONS_RETENTION_DAYS": 30,
     "NOTIFICATIONS_READ_RETENTION_DAYS": 7,
+    # Threads shared by all open event streams of a process for their short
+    # database reads (notifications.streaming); not one thread per stream.
+    "NOTIFICATIONS_STREAM_THREADS": 4,
     # Seconds the report job pauses after each step, so its progress shows.
     "NOTIFICATIONS_REPORT_STEP_SECONDS": 1.0,
     # Most unread notifications listed by the inbox and the JSON endpoint.

@@ -1,28 +1,47 @@
-"""The event stream of one page: catch up from the table, then follow the pushes.
+"""The event stream of one page, and the threads that serve all of them.
 
-django-eventstream's own stream loop re-reads from a stale position when a push
-arrives during a read (the page gets the same rows again) and sends a pushed
-event whatever its number, so a push that overtook another, or one that never
-came, leaves a hole the client cannot detect. This loop keeps the position of
-each channel itself: a pushed event is sent only when it is the next number on
-its channel, one already sent is dropped, and anything else makes it re-read
-the table from its position. Listener registration and pushes still go through
+Catch up from the table, then follow the pushes. django-eventstream's own
+stream loop re-reads from a stale position when a push arrives during a read
+(the page gets the same rows again) and sends a pushed event whatever its
+number, so a push that overtook another, or one that never came, leaves a hole
+the client cannot detect. This loop keeps the position of each channel itself:
+a pushed event is sent only when it is the next number on its channel, one
+already sent is dropped, and anything else makes it re-read the table from its
+position. Listener registration and pushes still go through
 django-eventstream's listener manager, so its senders and transports work
 unchanged.
+
+Threads: Django runs every ASGI request inside asgiref's
+`ThreadSensitiveContext`; the first thread-sensitive `sync_to_async` in it (the
+`request_started` signal) makes a one-thread executor that lives as long as the
+request. A stream lasts minutes, so each open page cost an idle OS thread and,
+once that thread had read the database, a connection of its own.
+`SharedStreamThreads` enters a `ThreadSensitiveContext` bound to one of a few
+shared one-thread executors before Django does, for the stream's path only.
+The sync work of a stream (the view's session and channel reads, the table
+reads) is short and read-only, and returns its connection after each read, so
+streams can take turns on a thread. Other requests keep Django's thread each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.urls import reverse
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
-from django_eventstream.views import Listener, get_listener_manager
+from django_eventstream.views import get_listener_manager
 
+from .conf import conf
 from .storage import NotificationStorage
 
 logger = logging.getLogger(__name__)
@@ -36,6 +55,113 @@ OPENING_PADDING = ":" + " " * 2048 + "\n\n"
 READ_LIMIT = 100
 
 Positions = dict[str, int]
+
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+class SharedStreamThreads:
+    """ASGI middleware: stream requests share `NOTIFICATIONS_STREAM_THREADS` threads."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._executors: list[ThreadPoolExecutor] = []
+        self._cycle: Iterator[ThreadPoolExecutor] | None = None
+        self._stream_path: str | None = None
+
+    def _is_stream(self, scope: Scope) -> bool:
+        if scope["type"] != "http":
+            return False
+        if self._stream_path is None:
+            # Resolved on the first request: the URLconf is loaded by then.
+            self._stream_path = reverse("notifications:stream")
+        return scope.get("path") == self._stream_path
+
+    def _next_executor(self) -> ThreadPoolExecutor:
+        # Only the event loop's thread gets here, so the cycle needs no lock.
+        if self._cycle is None:
+            count = max(1, int(conf.STREAM_THREADS))
+            # One worker each: asgiref requires a thread-sensitive executor to
+            # run one call at a time on one thread.
+            self._executors = [
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream")
+                for _ in range(count)
+            ]
+            self._cycle = itertools.cycle(self._executors)
+            logger.info("event streams share %d threads", count)
+        return next(self._cycle)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if not self._is_stream(scope):
+            await self.app(scope, receive, send)
+            return
+        async with ThreadSensitiveContext(executor=self._next_executor()):
+            await self.app(scope, receive, send)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_UNSAFE = re.compile(r"[\r\n\0]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(event_type: str, data: str) -> tuple[str, str]:
+    # A broadcast is the same event for every page: encode its name and data
+    # once for all of them; only the id line differs from page to page.
+    name = f"event: {_UNSAFE.sub('', event_type)}\n"
+    lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    return name, lines
+
+
+def encode_event(event_type: str, data: str, event_id: str | None) -> str:
+    """Return one SSE frame, as django_eventstream.utils.sse_encode_event writes it."""
+    name, lines = _encoded(str(event_type), str(data))
+    if event_id:
+        return f"{name}id: {_UNSAFE.sub('', event_id)}\n{lines}\n"
+    return f"{name}{lines}\n"
+
+
+# The event loop that serves this process's streams, once one has started.
+_stream_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def queue_for_streams(channel: str, event: Any) -> None:
+    """Queue `event` for this process's streams of `channel`, waking them at once.
+
+    From a sender's thread, django-eventstream's `add_to_queues` wakes each
+    listener with its own `call_soon_threadsafe` (a write to the loop's wake
+    pipe per page). Handing the whole fan-out to the streams' loop in one call
+    wakes every page from inside the loop instead.
+    """
+    manager = get_listener_manager()
+    loop = _stream_loop
+    idle = loop is None or loop.is_closed() or not loop.is_running()
+    if idle or _running_loop() is loop:
+        manager.add_to_queues(channel, event)
+    else:
+        loop.call_soon_threadsafe(manager.add_to_queues, channel, event)
+
+
+@functools.cache
+def _listener_class() -> type:
+    from django_eventstream.views import Listener
+
+    class StreamListener(Listener):
+        def wake_threadsafe(self) -> None:
+            # Inside the loop (see `queue_for_streams`) a plain set() is enough.
+            if _running_loop() is self.loop:
+                self.aevent.set()
+            else:
+                self.loop.call_soon_threadsafe(self.aevent.set)
+
+    return StreamListener
 
 
 def _read(positions: Positions) -> tuple[list[Event], list[str], bool]:
@@ -78,9 +204,11 @@ async def event_stream(
     `stream-reset` event when `reset_reason` says why its position was refused.
     """
     manager = get_listener_manager()
-    listener = Listener()
+    global _stream_loop
+    listener = _listener_class()()
     listener.channels = set(channels)
     listener.assign_loop()
+    _stream_loop = listener.loop
     # Listen before reading the positions, so that nothing committed after the
     # read can pass unseen; a push of a row the read already covered is dropped.
     manager.add_listener(listener)
@@ -143,7 +271,7 @@ async def event_stream(
 
 
 def _event_frame(event: Event, positions: Positions) -> str:
-    return sse_encode_event(event.type, event.data, event_id=make_id(positions))
+    return encode_event(event.type, event.data, make_id(positions))
 
 
 def _reset_frame(channels: list[str], positions: Positions, reason: str = "") -> str:

@@ -149,7 +149,11 @@ def deliver(rows: Iterable[Notification]) -> list[str]:
 def _hand_over(channel: str, event: Event) -> None:
     # The one place that gives an event to this process's streams; called
     # with _lock held, so events of a channel leave in the order of its marks.
-    get_listener_manager().add_to_queues(channel, event)
+    # queue_for_streams hands the fan-out to the streams' event loop in one
+    # call (in order), instead of one cross-thread wake-up per page.
+    from .streaming import queue_for_streams  # streaming imports this module
+
+    queue_for_streams(channel, event)
 
 
 def _advance(channel: str, seq: int) -> None:

@@ -15,9 +15,12 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (needs the settings configured above)
 
+# Event streams share a few threads instead of holding one OS thread each.
+from notifications.streaming import SharedStreamThreads  # noqa: E402
+
 if settings.DEBUG:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    application = ASGIStaticFilesHandler(django_application)
+    application = SharedStreamThreads(ASGIStaticFilesHandler(django_application))
 else:
-    application = django_application
+    application = SharedStreamThreads(django_application)

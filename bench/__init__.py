@@ -1,0 +1,1 @@
+"""Load benchmark: the product beside a bare django-eventstream app (see README)."""
