@@ -16,6 +16,7 @@ from .utils import (
     PostgresDatabase,
     SSEStream,
     current_database_url,
+    end_process,
     free_port,
     run_manage,
 )
@@ -98,15 +99,7 @@ class ManageProcess:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if getattr(self, "_log", None):
-            self._log.close()
+        end_process(self.process, getattr(self, "_log", None))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -152,6 +152,19 @@ def run_manage(
     )
 
 
+def end_process(process: subprocess.Popen | None, log=None) -> None:  # type: ignore[type-arg]
+    """Stop a child process politely, then firmly, and close its log file."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    if log is not None:
+        log.close()
+
+
 class DaphneServer:
     """`daphne notifysite.asgi:application` in a child process on a free port."""
 
@@ -202,15 +215,7 @@ class DaphneServer:
         raise RuntimeError("daphne did not start listening within 20 s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if getattr(self, "_log", None):
-            self._log.close()
+        end_process(self.process, getattr(self, "_log", None))
 
     def kill(self) -> None:
         """End the server at once (SIGKILL), as a crash would: no clean shutdown."""
