@@ -427,6 +427,7 @@ def run_scale_out(
                 measure(targets, nginx.port, database.cookies, sends)
             )
             report["nginx_errors"] = nginx.errors()
+            report["nginx_dir"] = str(nginx.dir)
         except Unavailable as exc:
             print(f"scale-out: not available: {exc}", flush=True)
             status = 2
