@@ -95,6 +95,17 @@ http {{
 """
 
 
+def nginx_binary() -> str | None:
+    """nginx to run: `BENCH_NGINX` if set, else `nginx` on PATH or in /usr/sbin."""
+    chosen = os.environ.get("BENCH_NGINX")
+    if chosen:
+        return shutil.which(chosen)
+    found = shutil.which("nginx")
+    if found is None and Path("/usr/sbin/nginx").exists():
+        found = "/usr/sbin/nginx"
+    return found
+
+
 class Unavailable(Exception):
     """Something the scale-out run needs is missing on this machine."""
 
@@ -103,9 +114,7 @@ class Nginx:
     """An nginx child process (not the system service) with its own config."""
 
     def __init__(self, upstream_ports: list[int], pages: int) -> None:
-        binary = shutil.which("nginx") or (
-            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-        )
+        binary = nginx_binary()
         if binary is None:
             raise Unavailable("nginx is not installed (apt-get install -y nginx)")
         self.dir = Path(tempfile.mkdtemp(prefix=f"notify-bench7-nginx-{os.getpid()}-"))
@@ -379,7 +388,7 @@ def run_scale_out(
     except SystemExit as exc:
         print(f"scale-out: not available: {exc}", flush=True)
         return 2
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+    if nginx_binary() is None:
         print("scale-out: not available: nginx is not installed", flush=True)
         return 2
     if not transports_available():
