@@ -13,7 +13,7 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.14 python3; do \
 	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	   echo $$p; break; fi; done)
 
-.PHONY: install run serve worker test lint pytest djangotest browsers clean bench bench-full
+.PHONY: install run serve worker test lint pytest djangotest browsers clean bench bench-full bench-scale
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is required (Django 6.1); none was found on PATH." >&2; exit 1; }
@@ -62,6 +62,12 @@ bench: install
 # Full: N = 1,000, 3,000 and 10,000 (about fifteen minutes); not for CI.
 bench-full: install
 	$(BIN)/python -m bench.run --n 1000 --n 3000 --n 10000 --out bench/results/full.json
+
+# Scale-out: two product processes behind an nginx child process (Debian's
+# `nginx` package), 3,000 pages each, after one process alone at 3,000 for
+# comparison (about five minutes); not for CI. README, "Scaling out".
+bench-scale: install
+	$(BIN)/python -m bench.run --scale-out --processes 2 --n-per-process 3000 --baseline --out bench/results/scale.json
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -524,8 +524,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run each server under cProfile (event-loop thread); stats in results/",
     )
-    parser.add_argument("--out", default=str(BASE_DIR / "bench/results/latest.json"))
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="several product processes behind nginx (bench/scale.py); not for CI",
+    )
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--n-per-process", type=int, default=3000)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --scale-out: first one process, direct, at --n-per-process",
+    )
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.scale_out:
+        from .scale import run_scale_out
+
+        out = args.out or str(BASE_DIR / "bench/results/scale.json")
+        return run_scale_out(
+            args.processes, args.n_per_process, min(args.sends, 300), args.baseline, out
+        )
+    args.out = args.out or str(BASE_DIR / "bench/results/latest.json")
     sizes = args.n or [1000]
     apps = [a for a in args.apps.split(",") if a]
     raise_file_limit(max(sizes))
