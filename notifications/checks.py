@@ -90,6 +90,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="notifications.E007",
             )
         )
+    for name, low, inclusive in (
+        ("POLL_INTERVAL", 0.0, False),
+        ("REPORT_STEP_SECONDS", 0.0, True),
+    ):
+        value = getattr(conf, name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < low or (value == low and not inclusive):
+            bound = "zero or more" if inclusive else "more than zero"
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS_{name} must be a number of seconds, {bound}; "
+                    f"it is {value!r}.",
+                    id="notifications.E010",
+                )
+            )
     origins = getattr(settings, "EVENTSTREAM_ALLOW_ORIGINS", None) or getattr(
         settings, "EVENTSTREAM_ALLOW_ORIGIN", None
     )

@@ -8,7 +8,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .channels import BROADCAST, session_channel, user_channel
+from .channels import (
+    BROADCAST,
+    SESSION_PREFIX,
+    USER_PREFIX,
+    session_channel,
+    user_channel,
+)
 
 
 def new_token() -> str:
@@ -118,9 +124,11 @@ class Notification(models.Model):
 
     @property
     def audience(self) -> str:
-        if self.visitor_id:
+        # By channel: a closing event of a deleted session has no Visitor row
+        # left, yet it is that session's.
+        if self.channel.startswith(SESSION_PREFIX):
             return "session"
-        if self.user_id:
+        if self.channel.startswith(USER_PREFIX):
             return "user"
         return "broadcast"
 

@@ -45,6 +45,19 @@ SESSION_CHANGED_EVENT = Notification.SESSION_CHANGED_EVENT_TYPE
 # reloads its inbox instead (the payload stays small).
 READ_EVENT = Notification.READ_EVENT_TYPE
 READ_EVENT_MAX_IDS = 500
+# Names the stream itself writes (django-eventstream's and the browser's) and
+# the app's steering events: a notification may not pose as one of them.
+RESERVED_EVENT_TYPES = frozenset(
+    {
+        "message",
+        "keep-alive",
+        "stream-open",
+        "stream-reset",
+        "stream-error",
+        SESSION_CHANGED_EVENT,
+        READ_EVENT,
+    }
+)
 
 
 def notification_send(
@@ -64,20 +77,55 @@ def notification_send(
     object, reaches the page as the event's `data`. Raise ValidationError,
     storing and sending nothing, when an argument is invalid.
     """
-    notification_validate(
-        message=message,
-        level=level,
-        event_type=event_type,
-        visitor=visitor,
-        user=user,
-        broadcast=broadcast,
-        payload=payload,
-    )
+    fields = {
+        "message": message,
+        "level": level,
+        "event_type": event_type,
+        "visitor": visitor,
+        "user": user,
+        "payload": payload,
+    }
+    _validate(**fields, broadcast=broadcast, system=False)
+    return _store(**fields)
 
-    # Persist, numbering the row on its channel.
-    channel = channel_for(
-        visitor=visitor, user_pk=user.pk if user is not None else None
-    )
+
+def _system_send(
+    *,
+    message: str,
+    event_type: str,
+    visitor: Visitor | None = None,
+    user: AbstractBaseUser | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Notification:
+    # The app's own steering events (read receipts, session changes) use
+    # event types that notification_send refuses to its callers.
+    fields = {
+        "message": message,
+        "level": Notification.Level.INFO,
+        "event_type": event_type,
+        "visitor": visitor,
+        "user": user,
+        "payload": payload,
+    }
+    _validate(**fields, broadcast=False, system=True)
+    return _store(**fields)
+
+
+def _store(
+    *,
+    message: str,
+    level: str,
+    event_type: str,
+    visitor: Visitor | None,
+    user: AbstractBaseUser | None,
+    payload: dict[str, Any] | None,
+    channel: str | None = None,
+) -> Notification:
+    """Insert the row, numbered on its channel, and publish it once committed."""
+    if channel is None:
+        channel = channel_for(
+            visitor=visitor, user_pk=user.pk if user is not None else None
+        )
     with transaction.atomic():
         notification = Notification.objects.create(
             level=level,
@@ -115,6 +163,29 @@ def notification_validate(
     payload: dict[str, Any] | None = None,
 ) -> None:
     """Raise ValidationError unless notification_send would accept these arguments."""
+    _validate(
+        message=message,
+        level=level,
+        event_type=event_type,
+        visitor=visitor,
+        user=user,
+        broadcast=broadcast,
+        payload=payload,
+        system=False,
+    )
+
+
+def _validate(
+    *,
+    message: str,
+    level: str,
+    event_type: str,
+    visitor: Visitor | None,
+    user: AbstractBaseUser | None,
+    broadcast: bool,
+    payload: dict[str, Any] | None,
+    system: bool,
+) -> None:
     audiences = sum([visitor is not None, user is not None, bool(broadcast)])
     if audiences != 1:
         raise ValidationError(
@@ -143,6 +214,13 @@ def notification_validate(
             "Event type %(event_type)r is not allowed: use a letter, then letters, "
             "digits, '-' or '_' (64 at most).",
             code="event_type",
+            params={"event_type": event_type},
+        )
+    if not system and event_type in RESERVED_EVENT_TYPES:
+        raise ValidationError(
+            "Event type %(event_type)r is reserved: the stream or the page uses it "
+            "for its own signals.",
+            code="event_type_reserved",
             params={"event_type": event_type},
         )
     if payload is not None:
@@ -222,7 +300,7 @@ def visitor_session_changed(
     visitor.last_seen = timezone.now()
     visitor.save(update_fields=["user", "last_seen"])
     logger.info("browser session %s: %s", visitor.pk, reason)
-    return notification_send(
+    return _system_send(
         visitor=visitor,
         message="Your session changed; the page will reload.",
         event_type=SESSION_CHANGED_EVENT,
@@ -323,7 +401,7 @@ def _announce_read(
     if visitor is None and user is None:
         return
     shown = ids[:READ_EVENT_MAX_IDS]
-    notification_send(
+    _system_send(
         message=f"{len(ids)} notification(s) marked read.",
         event_type=READ_EVENT,
         visitor=None if user is not None else visitor,
@@ -378,3 +456,23 @@ def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -
         deleted += len(batch)
     logger.info("trimmed %s expired notifications", deleted)
     return deleted
+
+
+def visitor_streams_close(visitor: Visitor) -> Notification:
+    """Tell the open streams of a deleted browser session that it has ended.
+
+    Called once the Visitor row is gone (admin delete, clearsessions, trim):
+    its rows went with it, so the closing event is stored on its channel with
+    no audience row, which only that channel's streams ever read. They end on
+    it and the page reloads into a new session instead of listening to a
+    channel nobody sends to any more.
+    """
+    return _store(
+        message="Your session ended; the page will reload.",
+        level=Notification.Level.INFO,
+        event_type=SESSION_CHANGED_EVENT,
+        visitor=None,
+        user=None,
+        payload={"reason": "ended"},
+        channel=visitor.channel,
+    )

@@ -24,9 +24,9 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.utils import timezone
 
-from .models import ChannelSequence, Visitor
+from .models import Visitor
 from .selectors import SESSION_TOKEN_KEY, visitor_for_request
-from .services import visitor_session_changed
+from .services import visitor_session_changed, visitor_streams_close
 
 
 @receiver(user_logged_in, dispatch_uid="notifications_login")
@@ -65,6 +65,6 @@ def forget_visitor_of_expired_session(
 def forget_channel_of_deleted_visitor(
     sender: Any, instance: Visitor, **kwargs: Any
 ) -> None:
-    # The rows went with the Visitor (CASCADE); its counter row goes too, so
-    # nothing of the ended session is left to replay.
-    ChannelSequence.objects.filter(channel=instance.channel).delete()
+    # The rows went with the Visitor (CASCADE). A page may still be listening
+    # on its channel: one closing event there ends those streams.
+    visitor_streams_close(instance)

@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import Count
 from django.tasks import TaskContext, task
 
+from .channels import BROADCAST
 from .conf import conf
 from .models import Notification, Visitor
 from .services import notification_send
@@ -26,7 +27,11 @@ PROGRESS_EVENT_TYPE = Notification.PROGRESS_EVENT_TYPE
 
 def report_steps(visitor: Visitor) -> list[tuple[str, Any]]:
     """Return the report's steps: a label, and the work that gives its figure."""
-    mine = Notification.objects.filter(visitor=visitor)
+    # What the visitor was told: its own rows, without the page-steering ones
+    # (this job's progress, read receipts), which are not notifications.
+    mine = Notification.objects.filter(visitor=visitor).exclude(
+        event_type__in=Notification.SIGNAL_EVENT_TYPES
+    )
     return [
         ("Counting your notifications", mine.count),
         ("Counting unread ones", lambda: mine.filter(read_at__isnull=True).count()),
@@ -36,9 +41,11 @@ def report_steps(visitor: Visitor) -> list[tuple[str, Any]]:
         ),
         (
             "Counting broadcasts",
-            lambda: Notification.objects.filter(
-                visitor__isnull=True, user__isnull=True
-            ).count(),
+            lambda: (
+                Notification.objects.filter(channel=BROADCAST)
+                .exclude(event_type__in=Notification.SIGNAL_EVENT_TYPES)
+                .count()
+            ),
         ),
     ]
 

@@ -29,6 +29,18 @@ def env_bool(name: str, default: bool) -> bool:
     )
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be a number of seconds, not {value!r}"
+        ) from None
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [
         item.strip()
@@ -184,11 +196,14 @@ EVENTSTREAM_ALLOW_CREDENTIALS = bool(EVENTSTREAM_ALLOW_ORIGINS)
 # --- notifications ----------------------------------------------------------
 NOTIFICATIONS_TRANSPORT = os.environ.get("NOTIFICATIONS_TRANSPORT", "") or None
 NOTIFICATIONS_REDIS_URL = os.environ.get("REDIS_URL", "") or None
-if os.environ.get("NOTIFICATIONS_POLL_INTERVAL"):
-    NOTIFICATIONS_POLL_INTERVAL = float(os.environ["NOTIFICATIONS_POLL_INTERVAL"])
-if os.environ.get("NOTIFICATIONS_REPORT_STEP_SECONDS"):
-    NOTIFICATIONS_REPORT_STEP_SECONDS = float(
-        os.environ["NOTIFICATIONS_REPORT_STEP_SECONDS"]
+NOTIFICATIONS_POLL_INTERVAL = env_float("NOTIFICATIONS_POLL_INTERVAL", 1.0)
+NOTIFICATIONS_REPORT_STEP_SECONDS = env_float("NOTIFICATIONS_REPORT_STEP_SECONDS", 1.0)
+
+_LOG_LEVEL = os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO").upper()
+if _LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"NOTIFICATIONS_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+        f"not {_LOG_LEVEL!r}"
     )
 
 LOGGING = {
@@ -203,7 +218,7 @@ LOGGING = {
     "loggers": {
         "notifications": {
             "handlers": ["console"],
-            "level": os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO"),
+            "level": _LOG_LEVEL,
             "propagate": False,
         },
         # django-eventstream logs every listener at INFO with its object id.

@@ -42,6 +42,33 @@ class CheckSettingsTests(SimpleTestCase):
         self.assertEqual(ids(check_settings()), ["notifications.E009"])
 
 
+class IntervalCheckTests(SimpleTestCase):
+    def test_poll_interval_must_be_positive(self):
+        for value in [0, -1, "1"]:
+            with (
+                self.subTest(value=value),
+                override_settings(NOTIFICATIONS_POLL_INTERVAL=value),
+            ):
+                self.assertEqual(ids(check_settings()), ["notifications.E010"])
+
+    def test_report_step_may_be_zero_but_not_negative(self):
+        with override_settings(NOTIFICATIONS_REPORT_STEP_SECONDS=0):
+            self.assertEqual(check_settings(), [])
+        with override_settings(NOTIFICATIONS_REPORT_STEP_SECONDS=-1):
+            self.assertEqual(ids(check_settings()), ["notifications.E010"])
+
+    def test_malformed_environment_values_fail_with_a_clear_message(self):
+        for env, text in [
+            ({"NOTIFICATIONS_POLL_INTERVAL": "abc"}, "must be a number of seconds"),
+            ({"NOTIFICATIONS_LOG_LEVEL": "bogus"}, "NOTIFICATIONS_LOG_LEVEL must be"),
+        ]:
+            with self.subTest(env=env):
+                result = run_manage("check", env=env, check=False)
+                self.assertNotEqual(result.returncode, 0)
+                self.assertIn(text, result.stderr)
+                self.assertIn("ImproperlyConfigured", result.stderr)
+
+
 class DeploySettingsTests(SimpleTestCase):
     def test_check_deploy_passes_with_debug_off(self):
         result = run_manage(

@@ -149,6 +149,43 @@ class LiveUserTests(TransactionTestCase):
         )
         self.assertEqual(fresh.next("notification").json()["message"], "Welcome")
 
+    def test_deleting_a_session_ends_its_open_streams(self):
+        from django.contrib.sessions.models import Session
+        from django.core.management import call_command
+        from django.utils import timezone
+
+        browser = self.browser()
+        stream = browser.listen()
+        stream.next("stream-open")
+        Session.objects.filter(session_key=browser.session_key).update(
+            expire_date=timezone.now() - timezone.timedelta(seconds=1)
+        )
+
+        call_command("clearsessions")
+
+        # The server learns of it from this process through the transport.
+        event = stream.next("session-changed", timeout=5)
+        self.assertEqual(event.json()["data"], {"reason": "ended"})
+        stream._thread.join(timeout=2.0)
+        self.assertFalse(stream._thread.is_alive(), "the stream outlived its session")
+        self.assertEqual(
+            browser.listen().next("stream-error").json()["condition"], "no-session"
+        )
+
+    def test_reserved_event_types_cannot_be_sent(self):
+        from django.core.exceptions import ValidationError
+
+        from notifications.services import notification_send
+
+        for name in ["session-changed", "notification-read", "stream-reset", "message"]:
+            with (
+                self.subTest(event_type=name),
+                self.assertRaises(ValidationError) as cm,
+            ):
+                notification_send(broadcast=True, message="x", event_type=name)
+            self.assertEqual(cm.exception.code, "event_type_reserved")
+        self.assertFalse(Notification.objects.filter(message="x").exists())
+
     def test_expired_session_gets_a_clear_error_and_no_stream(self):
         from django.contrib.sessions.models import Session
         from django.utils import timezone
