@@ -26,6 +26,8 @@ install: $(BIN)/.installed
 
 # The server and the task worker (the report job) together; Ctrl-C stops both.
 run: install
+	@$(BIN)/python -c 'import socket, sys; s = socket.socket(); s.bind(("$(HOST)", $(PORT)))' 2>/dev/null \
+		|| { echo "$(HOST):$(PORT) is taken; try make run PORT=8001" >&2; exit 1; }
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
