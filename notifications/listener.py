@@ -318,58 +318,10 @@ async def with_listener(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         listener = get_listener()
         if listener is not None:
             await listener.ensure_started()
-        async for chunk in drop_repeats(content):
+        async for chunk in content:
             yield chunk
     finally:
         # Closing the inner stream removes its django-eventstream listener.
         aclose = getattr(content, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-async def drop_repeats(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Pass a stream's chunks on, leaving out events it has already sent.
-
-    django-eventstream re-reads the store when an event is queued during a
-    stream's first read, from the position it started at, and sends again
-    what it had just sent. An event's id holds every channel's position and
-    a new event moves one of them forward, so an event whose positions are
-    all at or below those already sent is such a repeat.
-    """
-    sent: dict[bytes, int] = {}
-    async for chunk in content:
-        if b"\nid: " not in chunk:
-            yield chunk
-            continue
-        kept = []
-        for frame in chunk.split(b"\n\n"):
-            positions = _frame_positions(frame)
-            if positions is None:
-                kept.append(frame)
-                continue
-            if frame.startswith(b"event: stream-reset\n"):
-                # A reset starts the positions afresh, lower ones included.
-                sent = dict(positions)
-            elif all(sent.get(name, -1) >= seq for name, seq in positions.items()):
-                continue
-            for name, seq in positions.items():
-                sent[name] = max(seq, sent.get(name, -1))
-            kept.append(frame)
-        out = b"\n\n".join(kept)
-        if out:
-            yield out
-
-
-def _frame_positions(frame: bytes) -> dict[bytes, int] | None:
-    start = frame.find(b"\nid: ")
-    if start < 0:
-        return None
-    end = frame.find(b"\n", start + 5)
-    raw = frame[start + 5 : end if end >= 0 else len(frame)]
-    positions = {}
-    for part in raw.split(b","):
-        name, _, seq = part.rpartition(b":")
-        if not seq.isdigit():
-            return None
-        positions[name] = int(seq)
-    return positions

@@ -42,6 +42,7 @@ from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
 from django_eventstream.views import get_listener_manager
 
 from .conf import conf
+from .models import Notification
 from .storage import NotificationStorage
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ async def event_stream(
     try:
         need_read = positions is not None
         if positions is None:
-            positions = await sync_to_async(_current)(channels)
+            positions = await _current_async(channels)
         else:
             positions = {channel: positions[channel] for channel in channels}
         opening = OPENING_PADDING
@@ -230,6 +231,7 @@ async def event_stream(
                 listener.channel_items, listener.overflow = {}, False
                 listener.aevent.clear()
             body: list[str] = []
+            sent: list[Event] = []
             need_read = need_read or overflow
             for channel, items in queued.items():
                 for event in items:
@@ -240,16 +242,18 @@ async def event_stream(
                         break
                     positions[channel] = event.id
                     body.append(_event_frame(event, positions))
+                    sent.append(event)
             if need_read:
                 # Each frame's id is the position right after its own event.
                 at = dict(positions)
-                events, reset, need_read = await sync_to_async(_read)(positions)
+                events, reset, need_read = await _read_async(positions)
                 if reset:
                     at.update({channel: positions[channel] for channel in reset})
                     body.append(_reset_frame(reset, at))
                 for event in events:
                     at[event.channel] = event.id
                     body.append(_event_frame(event, at))
+                sent += events
             if error:
                 body.append(
                     sse_encode_error(
@@ -258,7 +262,10 @@ async def event_stream(
                 )
             if body:
                 yield "".join(body)
-            if error:
+            # After a login or a logout (or the session's deletion) the
+            # stream's channels are stale: it ends, and the browser
+            # reconnects with the session as it is now.
+            if error or any(event.type == SESSION_CHANGED for event in sent):
                 return
             if need_read:
                 continue
@@ -268,6 +275,12 @@ async def event_stream(
                 yield "event: keep-alive\ndata:\n\n"
     finally:
         manager.remove_listener(listener)
+
+
+# Thread-sensitive: each call runs on the executor of the stream's own context.
+_read_async = sync_to_async(_read)
+_current_async = sync_to_async(_current)
+SESSION_CHANGED = Notification.SESSION_CHANGED_EVENT_TYPE
 
 
 def _event_frame(event: Event, positions: Positions) -> str:

@@ -35,7 +35,6 @@ from .selectors import (
     visitor_for_request,
 )
 from .services import (
-    SESSION_CHANGED_EVENT,
     notification_mark_read,
     notification_send,
     notifications_mark_all_read,
@@ -222,7 +221,6 @@ def stream(request: HttpRequest) -> HttpResponse:
         content_type="text/event-stream",
     )
     add_default_headers(response, request=request)
-    response.streaming_content = _until_session_changes(response.streaming_content)
     # This process's cross-process listener starts with its first stream.
     response.streaming_content = with_listener(response.streaming_content)
     release_connection()
@@ -252,14 +250,3 @@ def _last_non_empty(values: list[str]) -> str:
         if value:
             return value
     return ""
-
-
-async def _until_session_changes(chunks):  # type: ignore[no-untyped-def]
-    # The stream writes whole events per chunk. After a login or a
-    # logout the stream's channels are stale, so it ends and the browser
-    # reconnects with the session as it is now.
-    marker = f"event: {SESSION_CHANGED_EVENT}\n".encode()
-    async for chunk in chunks:
-        yield chunk
-        if marker in chunk:
-            return

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from unittest import mock
 
-from asgiref.sync import async_to_sync
-from django.test import SimpleTestCase, TestCase
+from django.test import TestCase
 
 from notifications import listener, transport
 from notifications.models import Notification
@@ -119,39 +118,3 @@ class IdScannerTests(TestCase):
             scanner.scan()
 
         self.assertEqual(scanner.missing, {})
-
-
-def event(name, event_id):
-    return f"event: {name}\nid: {event_id}\ndata: {{}}\n\n".encode()
-
-
-class DropRepeatsTests(SimpleTestCase):
-    def run_filter(self, chunks):
-        async def source():
-            for chunk in chunks:
-                yield chunk
-
-        async def collect():
-            return [chunk async for chunk in listener.drop_repeats(source())]
-
-        return b"".join(async_to_sync(collect)())
-
-    def test_events_already_sent_are_left_out(self):
-        first = event("notification", "broadcast:1,session-a:0") + event(
-            "notification", "broadcast:1,session-a:1"
-        )
-        keep_alive = b"event: keep-alive\ndata:\n\n"
-        newer = event("notification", "broadcast:2,session-a:1")
-
-        out = self.run_filter([b": pad\n\n", first, first, keep_alive, newer, newer])
-
-        self.assertEqual(out, b": pad\n\n" + first + keep_alive + newer)
-
-    def test_reset_passes_and_starts_positions_afresh(self):
-        high = event("notification", "broadcast:9")
-        reset = event("stream-reset", "broadcast:3")
-        after = event("notification", "broadcast:4")
-
-        out = self.run_filter([high, reset, after])
-
-        self.assertEqual(out, high + reset + after)
