@@ -77,37 +77,22 @@ def notification_send(
     object, reaches the page as the event's `data`. Raise ValidationError,
     storing and sending nothing, when an argument is invalid.
     """
-    fields = {
-        "message": message,
-        "level": level,
-        "event_type": event_type,
-        "visitor": visitor,
-        "user": user,
-        "payload": payload,
-    }
-    _validate(**fields, broadcast=broadcast, system=False)
-    return _store(**fields)
+    return _send(
+        message=message,
+        level=level,
+        event_type=event_type,
+        visitor=visitor,
+        user=user,
+        payload=payload,
+        broadcast=broadcast,
+        system=False,
+    )
 
 
-def _system_send(
-    *,
-    message: str,
-    event_type: str,
-    visitor: Visitor | None = None,
-    user: AbstractBaseUser | None = None,
-    payload: dict[str, Any] | None = None,
-) -> Notification:
-    # The app's own steering events (read receipts, session changes) use
-    # event types that notification_send refuses to its callers.
-    fields = {
-        "message": message,
-        "level": Notification.Level.INFO,
-        "event_type": event_type,
-        "visitor": visitor,
-        "user": user,
-        "payload": payload,
-    }
-    _validate(**fields, broadcast=False, system=True)
+def _send(*, broadcast: bool, system: bool, **fields: Any) -> Notification:
+    # `system` lets the app's own steering events (read receipts, session
+    # changes) use event types that notification_send refuses to its callers.
+    _validate(**fields, broadcast=broadcast, system=system)
     return _store(**fields)
 
 
@@ -300,11 +285,15 @@ def visitor_session_changed(
     visitor.last_seen = timezone.now()
     visitor.save(update_fields=["user", "last_seen"])
     logger.info("browser session %s: %s", visitor.pk, reason)
-    return _system_send(
+    return _send(
         visitor=visitor,
+        user=None,
         message="Your session changed; the page will reload.",
+        level=Notification.Level.INFO,
         event_type=SESSION_CHANGED_EVENT,
         payload={"reason": reason},
+        broadcast=False,
+        system=True,
     )
 
 
@@ -401,12 +390,15 @@ def _announce_read(
     if visitor is None and user is None:
         return
     shown = ids[:READ_EVENT_MAX_IDS]
-    _system_send(
+    _send(
         message=f"{len(ids)} notification(s) marked read.",
+        level=Notification.Level.INFO,
         event_type=READ_EVENT,
         visitor=None if user is not None else visitor,
         user=user,
         payload={"ids": shown, "complete": len(shown) == len(ids)},
+        broadcast=False,
+        system=True,
     )
 
 
