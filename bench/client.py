@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 HEADER_LIMIT = 64 * 1024
 
@@ -184,3 +185,37 @@ class Stream:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, 5)
+
+
+async def open_all(
+    streams: list[Stream], concurrency: int, limit_seconds: float
+) -> dict[str, Any]:
+    """Open every stream, `concurrency` at a time; return the connect figures.
+
+    A stream still opening after `limit_seconds` counts as not opened.
+    """
+    gate = asyncio.Semaphore(concurrency)
+
+    async def connect(stream: Stream) -> bool:
+        async with gate:
+            return await stream.open(60)
+
+    started = time.monotonic()
+    try:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(connect(s) for s in streams)), timeout=limit_seconds
+        )
+    except TimeoutError:
+        outcomes = [s.opened.is_set() and not s.error for s in streams]
+    elapsed = time.monotonic() - started
+    opened = sum(outcomes)
+    errors: dict[str, int] = {}
+    for stream in streams:
+        if stream.error:
+            errors[stream.error[:80]] = errors.get(stream.error[:80], 0) + 1
+    return {
+        "opened": opened,
+        "connect_seconds": round(elapsed, 2),
+        "connect_rate": round(opened / elapsed, 1) if elapsed else None,
+        "connect_errors": errors,
+    }

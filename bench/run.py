@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import Received, Stream, post
+from .client import Received, Stream, open_all, post
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -265,28 +265,7 @@ async def measure(target: Target, n: int, sends: int, burst: int) -> dict[str, A
         )
         for i in range(n)
     ]
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def connect(stream: Stream) -> bool:
-        async with gate:
-            return await stream.open(60)
-
-    started = time.monotonic()
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(*(connect(s) for s in streams)), timeout=120 + n / 20
-    )
-    elapsed = time.monotonic() - started
-    opened = sum(outcomes)
-    errors: dict[str, int] = {}
-    for stream in streams:
-        if stream.error:
-            errors[stream.error[:80]] = errors.get(stream.error[:80], 0) + 1
-    result.update(
-        opened=opened,
-        connect_seconds=round(elapsed, 2),
-        connect_rate=round(opened / elapsed, 1) if elapsed else None,
-        connect_errors=errors,
-    )
+    result.update(await open_all(streams, CONNECT_CONCURRENCY, 120 + n / 20))
 
     # Idle: memory, threads and database connections with N streams waiting.
     await asyncio.sleep(2)
@@ -294,7 +273,9 @@ async def measure(target: Target, n: int, sends: int, burst: int) -> dict[str, A
     result.update(
         rss_before_mb=round(before["VmRSS"] / 1024, 1),
         rss_open_mb=round(after["VmRSS"] / 1024, 1),
-        kb_per_stream=round((after["VmRSS"] - before["VmRSS"]) / max(opened, 1), 1),
+        kb_per_stream=round(
+            (after["VmRSS"] - before["VmRSS"]) / max(result["opened"], 1), 1
+        ),
         threads_before=before["Threads"],
         threads_open=after["Threads"],
         db_connections_idle=(

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .client import Stream, post
+from .client import Stream, open_all, post
 from .run import (
     BACKLOG,
     CONNECT_CONCURRENCY,
@@ -224,31 +224,7 @@ async def measure(
         Stream(i, HOST, connect_port, "/notifications/", cookie, collector)
         for i, cookie in enumerate(cookies)
     ]
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def connect(stream: Stream) -> bool:
-        async with gate:
-            return await stream.open(60)
-
-    started = time.monotonic()
-    try:
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*(connect(s) for s in streams)), timeout=120 + total / 20
-        )
-    except TimeoutError:
-        outcomes = [s.opened.is_set() and not s.error for s in streams]
-    elapsed = time.monotonic() - started
-    opened = sum(outcomes)
-    errors: dict[str, int] = {}
-    for stream in streams:
-        if stream.error:
-            errors[stream.error[:80]] = errors.get(stream.error[:80], 0) + 1
-    result.update(
-        opened=opened,
-        connect_seconds=round(elapsed, 2),
-        connect_rate=round(opened / elapsed, 1) if elapsed else None,
-        connect_errors=errors,
-    )
+    result.update(await open_all(streams, CONNECT_CONCURRENCY, 120 + total / 20))
     await asyncio.sleep(2)
     result["open"] = process_figures(targets)
 
