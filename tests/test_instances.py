@@ -7,7 +7,6 @@ separate process.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from .utils import (
     Visitor,
     requires_postgres,
     run_manage,
+    session_token,
     skip_unless_service,
 )
 
@@ -40,10 +40,6 @@ requires_redis_server = skip_unless_service(
 )
 
 LARGE_MESSAGE = ("Grüße, 世界 ✓ 𝄞 " * 200)[:2000]
-
-
-def session_token(visitor: Visitor) -> str:
-    return re.search(r"session-([0-9a-f]{32})", visitor.last_event_id()).group(1)
 
 
 def listen_on(visitor: Visitor, server: DaphneServer) -> SSEStream:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from django.contrib.auth import get_user_model
 from django.test import TransactionTestCase
 
 from notifications.models import Notification
 
-from .utils import DaphneServer, Visitor
+from .utils import DaphneServer, Visitor, session_token
 
 
 class LiveStreamTests(TransactionTestCase):
@@ -80,9 +78,7 @@ class LiveStreamTests(TransactionTestCase):
 
     def test_query_parameters_cannot_choose_channels(self):
         self.alice.press_button()
-        alice_token = re.search(
-            r"session-([0-9a-f]{32})", self.alice.last_event_id()
-        ).group(1)
+        alice_token = session_token(self.alice)
         bob_stream = self.bob.listen(
             f"?channel=session-{alice_token}&channels=session-{alice_token}"
         )
@@ -97,9 +93,7 @@ class LiveStreamTests(TransactionTestCase):
         from notifications.models import Visitor as VisitorRow
         from notifications.services import notification_send
 
-        token = re.search(r"session-([0-9a-f]{32})", self.alice.last_event_id()).group(
-            1
-        )
+        token = session_token(self.alice)
         message = "first line\nsecond line\r\nthird\rfourth\n\ndata: not a field"
         notification_send(message=message, visitor=VisitorRow.objects.get(token=token))
 
@@ -211,7 +205,7 @@ class LiveAdminTests(TransactionTestCase):
         bob_stream = self.bob.listen()
         alice_stream.next("stream-open")
         bob_stream.next("stream-open")
-        token = re.search(r"session-([0-9a-f]{32})", self.bob.last_event_id()).group(1)
+        token = session_token(self.bob)
         from notifications.models import Visitor as VisitorRow
 
         bob_row = VisitorRow.objects.get(token=token)

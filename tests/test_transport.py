@@ -6,20 +6,19 @@ The Daphne child polls the shared test database; senders are other processes
 
 from __future__ import annotations
 
-import re
-
 from django.core.management import CommandError, call_command
 from django.test import TransactionTestCase
 
 from notifications.models import Notification
 
 from .processes import db_worker, messages_until
-from .utils import DaphneServer, Visitor, current_database_url, run_manage
-
-
-def session_token(visitor: Visitor) -> str:
-    """Return the visitor's session token, read from its page's stream position."""
-    return re.search(r"session-([0-9a-f]{32})", visitor.last_event_id()).group(1)
+from .utils import (
+    DaphneServer,
+    Visitor,
+    current_database_url,
+    run_manage,
+    session_token,
+)
 
 
 def manage(*args: str, check: bool = True, **env: str):
