@@ -36,12 +36,19 @@ class NotificationStorage(StorageBase):
         )
 
     def get_current_id(self, channel: str) -> int:
+        return self.get_current_ids([channel])[channel]
+
+    def get_current_ids(self, channels: list[str]) -> dict[str, int]:
+        """Return where a stream of these channels starts: one query for all."""
         generation = transport.scan_generation()
         try:
-            current = current_seqs([channel])[channel]
+            current = current_seqs(channels)
         finally:
             release_connection()
-        return self._reach(channel, current, generation)
+        return {
+            channel: self._reach(channel, current[channel], generation)
+            for channel in channels
+        }
 
     @staticmethod
     def _reach(channel: str, current: int, generation: int) -> int:

@@ -191,8 +191,7 @@ def _read(positions: Positions) -> tuple[list[Event], list[str], bool]:
 
 
 def _current(channels: list[str]) -> Positions:
-    storage = NotificationStorage()
-    return {channel: storage.get_current_id(channel) for channel in channels}
+    return NotificationStorage().get_current_ids(channels)
 
 
 async def event_stream(
