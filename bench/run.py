@@ -1,15 +1,20 @@
-"""Load benchmark: the product and a bare django-eventstream app, side by side.
+"""Load benchmark: the product, a bare django-eventstream app and a floor, side by side.
 
     python -m bench.run --n 1000                  # what `make bench` runs
     python -m bench.run --n 1000 --n 3000 --n 10000 --out bench/results/full.json
+    python -m bench.run --n 1000 --apps floor,bare --cross-count 0
 
-For each N, each app in turn gets a fresh Daphne process (same command, same
+Three apps (`--apps`): "product" (notifysite.asgi), "bare" (the library alone,
+bench/bare/) and "floor" (a plain ASGI callable, bench/floor.py: the least any
+app can cost on Daphne, so its column shows what Daphne itself bounds). For
+each N, each app in turn gets a fresh Daphne process (same command, same
 listen backlog) on loopback, N open streams, and the same measurements: connect
 rate, memory and threads per stream from procfs, database connections held
 while idle, one session's notification while N-1 others are open, a broadcast
 to all N, and a burst of 1,000 to one page. The product runs on a PostgreSQL
 database of its own, created for the run and dropped after it. Every wait is
-bounded in time; the figures are printed as a table and written as JSON.
+bounded in time; the figures are printed as a table (product, bare, floor, and
+product / bare) and written as JSON.
 """
 
 from __future__ import annotations
@@ -393,6 +398,10 @@ def start_target(
             profile,
         )
         return Target("bare", server, None)
+    if name == "floor":
+        # No database: the Target speaks the bare app's paths, which floor answers.
+        server = Server("floor", "bench.floor:application", {}, profile)
+        return Target("floor", server, None)
     assert database is not None
     server = Server(
         "product",
@@ -432,13 +441,15 @@ ROWS = [
 
 def table(run: dict[str, Any]) -> str:
     product, bare = run.get("product", {}), run.get("bare", {})
+    floor = run.get("floor", {})
     lines = [
         f"N = {run['n']}",
-        f"| {'measure':<28} | {'product':>10} | {'bare':>10} | {'ratio':>6} |",
-        f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 8}|",
+        f"| {'measure':<28} | {'product':>10} | {'bare':>10} | {'floor':>10} "
+        f"| {'p/bare':>6} |",
+        f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 8}|",
     ]
     for label, key, _ in ROWS:
-        a, b = product.get(key), bare.get(key)
+        a, b, f = product.get(key), bare.get(key), floor.get(key)
         ratio = ""
         if (
             isinstance(a, int | float)
@@ -447,7 +458,10 @@ def table(run: dict[str, Any]) -> str:
             and b
         ):
             ratio = f"{a / b:.2f}"
-        lines.append(f"| {label:<28} | {_cell(a):>10} | {_cell(b):>10} | {ratio:>6} |")
+        lines.append(
+            f"| {label:<28} | {_cell(a):>10} | {_cell(b):>10} | {_cell(f):>10} "
+            f"| {ratio:>6} |"
+        )
     return "\n".join(lines)
 
 
@@ -492,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, action="append", help="open streams")
     parser.add_argument("--sends", type=int, default=500)
     parser.add_argument("--burst", type=int, default=1000)
-    parser.add_argument("--apps", default="product,bare")
+    parser.add_argument("--apps", default="product,bare,floor")
     parser.add_argument("--cross-rate", type=int, default=500)
     parser.add_argument(
         "--cross-only", action="store_true", help="only the two-process run"
