@@ -22,9 +22,7 @@ class NotificationChannelManager(ChannelManagerBase):
         self, request: HttpRequest, view_kwargs: dict[str, Any]
     ) -> set[str]:
         """Return the session's, the user's and the broadcast channel; ignore the URL."""
-        visitor = getattr(request, "notifications_visitor", None)
-        if visitor is None:
-            visitor = visitor_for_request(request)
+        visitor = visitor_for_request(request)
         return set(channels_for(visitor=visitor, user=request_user(request)))
 
     def can_read_channel(self, user: AbstractBaseUser | None, channel: str) -> bool:

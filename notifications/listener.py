@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 from operator import or_
@@ -310,18 +309,3 @@ def get_listener() -> ProcessListener | None:
     if _listener is None and transport.transport_name() != "local":
         _listener = ProcessListener()
     return _listener
-
-
-async def with_listener(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Start the listener before a stream's first read, then pass the stream on."""
-    try:
-        listener = get_listener()
-        if listener is not None:
-            await listener.ensure_started()
-        async for chunk in content:
-            yield chunk
-    finally:
-        # Closing the inner stream removes its django-eventstream listener.
-        aclose = getattr(content, "aclose", None)
-        if aclose is not None:
-            await aclose()

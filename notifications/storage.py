@@ -14,7 +14,7 @@ from django_eventstream.storage import EventDoesNotExist, StorageBase
 
 from . import transport
 from .models import Notification
-from .selectors import current_seqs
+from .selectors import current_seqs, visitor_current_seqs
 from .transport import to_event
 
 
@@ -45,6 +45,20 @@ class NotificationStorage(StorageBase):
             current = current_seqs(channels)
         finally:
             release_connection()
+        return {
+            channel: self._reach(channel, current[channel], generation)
+            for channel in channels
+        }
+
+    def get_start_ids(self, token: str, channels: list[str]) -> dict[str, int] | None:
+        """Like `get_current_ids`, or None when the session's Visitor is gone."""
+        generation = transport.scan_generation()
+        try:
+            current = visitor_current_seqs(token, channels)
+        finally:
+            release_connection()
+        if current is None:
+            return None
         return {
             channel: self._reach(channel, current[channel], generation)
             for channel in channels

@@ -21,6 +21,12 @@ shared one-thread executors before Django does, for the stream's path only.
 The sync work of a stream (the view's session and channel reads, the table
 reads) is short and read-only, and returns its connection after each read, so
 streams can take turns on a thread. Other requests keep Django's thread each.
+
+Connects: Django's async handler runs each built-in middleware's request and
+response hooks through their own `sync_to_async` call, a dozen trips between
+the event loop and a thread per request. The stream's path is served by
+`StreamHandler` instead, which runs the same middleware and the same view in
+Django's sync mode, all in one trip, and streams the response from the loop.
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
@@ -42,6 +53,7 @@ from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
 from django_eventstream.views import get_listener_manager
 
 from .conf import conf
+from .listener import get_listener
 from .models import Notification
 from .storage import NotificationStorage
 
@@ -51,6 +63,16 @@ logger = logging.getLogger(__name__)
 # idle stream; the 2 KB comment first makes some clients start parsing at once.
 KEEP_ALIVE_SECONDS = 20.0
 OPENING_PADDING = ":" + " " * 2048 + "\n\n"
+# Every stream without a reset opens with these same bytes, shared, not copied.
+OPENING = (OPENING_PADDING + "event: stream-open\ndata:\n\n").encode()
+# A stream whose session has no Visitor: one error event, then a long retry so
+# that clients reconnecting on their own wait instead of storming.
+NO_SESSION_FRAMES = (
+    sse_encode_error(
+        "no-session", "This page has no session. Load the page again to get one."
+    )
+    + "retry: 15000\n\n"
+)
 # Rows read per channel at a time; a longer backlog is read in several rounds,
 # each sent before the next is read, so a slow page holds little in memory.
 READ_LIMIT = 100
@@ -62,11 +84,63 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
+class StreamHandler(ASGIHandler):
+    """Django's ASGI handler with the middleware and view run in one thread trip.
+
+    The request, the middleware (settings.MIDDLEWARE, in order), the view and
+    the response are Django's own; only the mode differs: the chain is loaded
+    for sync use and called once through `sync_to_async`, then the streaming
+    response is sent from the event loop as `ASGIHandler` sends any other.
+    """
+
+    def __init__(self) -> None:
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+    async def send_response(self, response: HttpResponseBase, send: Any) -> None:
+        if not response.streaming:
+            await super().send_response(response, send)
+            return
+        # Unlike Django's loop, keep no header list and no chunking state for
+        # the minutes a stream lasts: an open page should cost little memory.
+        # Each part is one short batch of frames, sent as one message.
+        await send(_response_start(response))
+        async with aclosing(aiter(response)) as content:
+            async for part in content:
+                await send(
+                    {"type": "http.response.body", "body": part, "more_body": True}
+                )
+        await send({"type": "http.response.body"})
+
+
+def _response_start(response: HttpResponseBase) -> dict[str, Any]:
+    headers = [
+        (name.encode("ascii"), value.encode("latin-1"))
+        for name, value in response.items()
+    ]
+    headers += [
+        (b"Set-Cookie", cookie.OutputString().encode("ascii"))
+        for cookie in response.cookies.values()
+    ]
+    return {
+        "type": "http.response.start",
+        "status": response.status_code,
+        "headers": headers,
+    }
+
+
 class SharedStreamThreads:
-    """ASGI middleware: stream requests share `NOTIFICATIONS_STREAM_THREADS` threads."""
+    """ASGI middleware: stream requests share `NOTIFICATIONS_STREAM_THREADS` threads.
+
+    They are served by a `StreamHandler`; every other request goes to `app`.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._stream_handler: StreamHandler | None = None
         self._executors: list[ThreadPoolExecutor] = []
         self._cycle: Iterator[ThreadPoolExecutor] | None = None
         self._stream_path: str | None = None
@@ -97,8 +171,10 @@ class SharedStreamThreads:
         if not self._is_stream(scope):
             await self.app(scope, receive, send)
             return
+        if self._stream_handler is None:
+            self._stream_handler = StreamHandler()
         async with ThreadSensitiveContext(executor=self._next_executor()):
-            await self.app(scope, receive, send)
+            await self._stream_handler(scope, receive, send)
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -190,20 +266,29 @@ def _read(positions: Positions) -> tuple[list[Event], list[str], bool]:
     return events, reset, more
 
 
-def _current(channels: list[str]) -> Positions:
-    return NotificationStorage().get_current_ids(channels)
+def _start(token: str, channels: list[str]) -> Positions | None:
+    return NotificationStorage().get_start_ids(token, channels)
 
 
 async def event_stream(
-    *, channels: list[str], positions: Positions | None, reset_reason: str = ""
-) -> AsyncIterator[str]:
-    """Yield the SSE frames of a page that hears `channels`.
+    *,
+    channels: list[str],
+    token: str,
+    positions: Positions | None,
+    reset_reason: str = "",
+) -> AsyncIterator[str | bytes]:
+    """Yield the SSE frames of a page of session `token` that hears `channels`.
 
     With `positions` (a validated Last-Event-ID) the page first gets every row
     after them; without, it starts at the current rows, announced by a
     `stream-reset` event when `reset_reason` says why its position was refused.
+    A session whose Visitor is gone gets a `no-session` error and no stream.
     """
     manager = get_listener_manager()
+    # This process's cross-process listener starts with its first stream.
+    process_listener = get_listener()
+    if process_listener is not None:
+        await process_listener.ensure_started()
     global _stream_loop
     listener = _listener_class()()
     listener.channels = set(channels)
@@ -213,15 +298,24 @@ async def event_stream(
     # read can pass unseen; a push of a row the read already covered is dropped.
     manager.add_listener(listener)
     try:
-        need_read = positions is not None
+        current = await _start_async(token, channels)
+        if current is None:
+            yield NO_SESSION_FRAMES
+            return
+        if reset_reason:
+            logger.warning("stream: unusable Last-Event-ID (%s)", reset_reason)
+        # A page that resumes where its channels stand (an idle reconnect)
+        # needs no read; any other position is read from.
+        need_read = positions is not None and positions != current
         if positions is None:
-            positions = await _current_async(channels)
+            positions = current
         else:
             positions = {channel: positions[channel] for channel in channels}
-        opening = OPENING_PADDING
         if reset_reason:
-            opening += _reset_frame(channels, positions, reason=reset_reason)
-        yield opening + "event: stream-open\ndata:\n\n"
+            reset = _reset_frame(channels, positions, reason=reset_reason)
+            yield OPENING_PADDING + reset + "event: stream-open\ndata:\n\n"
+        else:
+            yield OPENING
 
         while True:
             with manager.lock:
@@ -278,7 +372,7 @@ async def event_stream(
 
 # Thread-sensitive: each call runs on the executor of the stream's own context.
 _read_async = sync_to_async(_read)
-_current_async = sync_to_async(_current)
+_start_async = sync_to_async(_start)
 SESSION_CHANGED = Notification.SESSION_CHANGED_EVENT_TYPE
 
 

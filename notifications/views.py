@@ -19,11 +19,9 @@ from django.views.decorators.http import require_GET, require_POST
 from django_eventstream.utils import (
     add_default_headers,
     make_id,
-    sse_error_response,
 )
 
 from .conf import conf
-from .listener import with_listener
 from .models import Notification
 from .models import Visitor as VisitorRow
 from .selectors import (
@@ -33,6 +31,7 @@ from .selectors import (
     notifications_unread,
     request_user,
     visitor_for_request,
+    visitor_token,
 )
 from .services import (
     notification_mark_read,
@@ -42,7 +41,7 @@ from .services import (
     visitor_ensure,
 )
 from .storage import release_connection
-from .streaming import event_stream
+from .streaming import NO_SESSION_FRAMES, event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -183,46 +182,44 @@ def stream(request: HttpRequest) -> HttpResponse:
     (`channel`, `es-meta`, `recover`...) is ignored. A position that cannot be
     used gets a `stream-reset` event and a start from the current rows.
     """
-    visitor = visitor_for_request(request)
-    if visitor is None:
-        response = sse_error_response(
-            "no-session", "This page has no session. Load the page again to get one."
-        )
-        # Clients that reconnect on their own wait a while instead of storming.
-        response.content += b"retry: 15000\n\n"
-        add_default_headers(response, request=request)
-        release_connection()
-        return response
-    request.notifications_visitor = visitor
+    token = visitor_token(request)
+    if token is None:
+        return no_session_response(request)
 
     raw_id = request.META.get("HTTP_LAST_EVENT_ID", "") or _last_non_empty(
         request.GET.getlist("lastEventId")
     )
-    channels = channels_for(visitor=visitor, user=request_user(request))
+    channels = channels_for(token=token, user=request_user(request))
     positions = None
     reset_reason = ""
     if raw_id:
         reset_reason = last_event_id_problem(raw_id, channels)
-        if reset_reason:
-            logger.warning(
-                "stream for browser session %s: unusable Last-Event-ID (%s)",
-                visitor.pk,
-                reset_reason,
-            )
-        else:
+        if not reset_reason:
             positions = {
                 unquote(channel): int(number)
                 for channel, _, number in (
                     part.rpartition(":") for part in raw_id.split(",")
                 )
             }
+    # The stream itself checks that the session's Visitor still exists, in
+    # the same query that reads where its channels stand.
     response = StreamingHttpResponse(
-        event_stream(channels=channels, positions=positions, reset_reason=reset_reason),
+        event_stream(
+            channels=channels,
+            token=token,
+            positions=positions,
+            reset_reason=reset_reason,
+        ),
         content_type="text/event-stream",
     )
     add_default_headers(response, request=request)
-    # This process's cross-process listener starts with its first stream.
-    response.streaming_content = with_listener(response.streaming_content)
+    release_connection()
+    return response
+
+
+def no_session_response(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(NO_SESSION_FRAMES, content_type="text/event-stream")
+    add_default_headers(response, request=request)
     release_connection()
     return response
 
