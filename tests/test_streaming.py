@@ -25,29 +25,30 @@ from notifications.streaming import event_stream
 class StreamReader:
     """Run `event_stream` on its own event loop and parse the frames it yields."""
 
-    def __init__(self, *, channels, positions=None, pause=0.001):
+    def __init__(self, *, channels, token, positions=None, pause=0.001):
         self.frames: queue.Queue[dict] = queue.Queue()
         self.pause = pause  # a page that reads at a normal pace, not instantly
         self._stop = threading.Event()
         self._opened = threading.Event()
         self._thread = threading.Thread(
-            target=self._main, args=(channels, positions), daemon=True
+            target=self._main, args=(channels, token, positions), daemon=True
         )
         self._thread.start()
         assert self._opened.wait(5), "the stream did not open"
 
-    def _main(self, channels, positions):
+    def _main(self, channels, token, positions):
         with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(self._run(channels, positions))
+            asyncio.run(self._run(channels, token, positions))
 
-    async def _run(self, channels, positions):
+    async def _run(self, channels, token, positions):
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        stream = event_stream(channels=channels, positions=positions)
+        stream = event_stream(channels=channels, token=token, positions=positions)
         buffer = ""
         try:
             async for chunk in stream:
-                buffer += chunk
+                # Frames shared by every page are encoded once, as bytes.
+                buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
                 while "\n\n" in buffer:
                     frame, buffer = buffer.split("\n\n", 1)
                     parsed = self._parse(frame)
@@ -102,7 +103,9 @@ class EventStreamTests(TransactionTestCase):
         self.channels = ["broadcast", self.visitor.channel]
 
     def reader(self, **kwargs):
-        reader = StreamReader(channels=self.channels, **kwargs)
+        reader = StreamReader(
+            channels=self.channels, token=self.visitor.token, **kwargs
+        )
         self.addCleanup(reader.close)
         return reader
 
