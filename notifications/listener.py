@@ -95,7 +95,7 @@ def scan_once(scanner: IdScanner) -> bool:
 
     try:
         found, more = scanner.scan()
-        marks = transport.marks_snapshot()
+        marks = transport.marks_of(channel for _id, channel, _seq in found)
         wanted: dict[str, int] = {}
         for _id, channel, seq in found:
             mark = marks.get(channel)

@@ -59,9 +59,15 @@ from .storage import NotificationStorage
 
 logger = logging.getLogger(__name__)
 
-# A comment line every 20 s keeps proxies and load balancers from closing an
-# idle stream; the 2 KB comment first makes some clients start parsing at once.
+# A keep-alive event after 20 s without a write keeps proxies and load
+# balancers from closing an idle stream; the 2 KB comment first makes some
+# clients start parsing at once.
 KEEP_ALIVE_SECONDS = 20.0
+# How often one sweeper per event loop looks for pages that are due one. A
+# timer per page, re-armed at each of its wake-ups, cost more than the rest of
+# a broadcast's fan-out together.
+KEEP_ALIVE_CHECK_SECONDS = 2.0
+KEEP_ALIVE = b"event: keep-alive\ndata:\n\n"
 OPENING_PADDING = ":" + " " * 2048 + "\n\n"
 # Every stream without a reset opens with these same bytes, shared, not copied.
 OPENING = (OPENING_PADDING + "event: stream-open\ndata:\n\n").encode()
@@ -231,6 +237,11 @@ def _listener_class() -> type:
     from django_eventstream.views import Listener
 
     class StreamListener(Listener):
+        # The loop's clock at this page's last write, and whether the sweeper
+        # asks for a keep-alive.
+        last_write = 0.0
+        keep_alive_due = False
+
         def wake_threadsafe(self) -> None:
             # Inside the loop (see `queue_for_streams`) a plain set() is enough.
             if _running_loop() is self.loop:
@@ -239,6 +250,39 @@ def _listener_class() -> type:
                 self.loop.call_soon_threadsafe(self.aevent.set)
 
     return StreamListener
+
+
+# The open pages of each event loop that serves streams, for its sweeper.
+_open_pages: dict[asyncio.AbstractEventLoop, set[Any]] = {}
+_sweepers: set[asyncio.Task[None]] = set()
+
+
+def _watch(listener: Any) -> None:
+    loop = listener.loop
+    listener.last_write = loop.time()
+    pages = _open_pages.get(loop)
+    if pages is None:
+        pages = _open_pages[loop] = set()
+        task = loop.create_task(_sweep(loop, pages))
+        _sweepers.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_sweepers.discard)
+    pages.add(listener)
+
+
+async def _sweep(loop: asyncio.AbstractEventLoop, pages: set[Any]) -> None:
+    """Wake each page of `loop` that has written nothing for KEEP_ALIVE_SECONDS."""
+    try:
+        while pages:
+            await asyncio.sleep(KEEP_ALIVE_CHECK_SECONDS)
+            due = loop.time() - KEEP_ALIVE_SECONDS
+            for page in pages:
+                if page.last_write <= due:
+                    page.keep_alive_due = True
+                    page.aevent.set()
+    finally:
+        # Ends with the loop's last page; the next page starts a new sweeper.
+        if _open_pages.get(loop) is pages:
+            del _open_pages[loop]
 
 
 def _read(positions: Positions) -> tuple[list[Event], list[str], bool]:
@@ -297,6 +341,8 @@ async def event_stream(
     # Listen before reading the positions, so that nothing committed after the
     # read can pass unseen; a push of a row the read already covered is dropped.
     manager.add_listener(listener)
+    _watch(listener)
+    loop = listener.loop
     try:
         current = await _start_async(token, channels)
         if current is None:
@@ -321,7 +367,9 @@ async def event_stream(
             with manager.lock:
                 queued, overflow = listener.channel_items, listener.overflow
                 error = listener.error
+                keep_alive = listener.keep_alive_due
                 listener.channel_items, listener.overflow = {}, False
+                listener.keep_alive_due = False
                 listener.aevent.clear()
             body: list[str] = []
             sent: list[Event] = []
@@ -355,19 +403,20 @@ async def event_stream(
                 )
             if body:
                 yield "".join(body)
+                listener.last_write = loop.time()
+            elif keep_alive:
+                yield KEEP_ALIVE
+                listener.last_write = loop.time()
             # After a login or a logout (or the session's deletion) the
             # stream's channels are stale: it ends, and the browser
             # reconnects with the session as it is now.
             if error or any(event.type == SESSION_CHANGED for event in sent):
                 return
-            if need_read:
-                continue
-            try:
-                await asyncio.wait_for(listener.aevent.wait(), KEEP_ALIVE_SECONDS)
-            except TimeoutError:
-                yield "event: keep-alive\ndata:\n\n"
+            if not need_read:
+                await listener.aevent.wait()
     finally:
         manager.remove_listener(listener)
+        _open_pages.get(loop, set()).discard(listener)
 
 
 # Thread-sensitive: each call runs on the executor of the stream's own context.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,11 @@ _marks: dict[str, int] = {}
 # whether either happened while it read the database.
 _scan_generation = 0
 _listener_active = False
+# Marks of channels that no stream here listens to any more are dropped this
+# often, not at every scan: with thousands of pages the sweep walks every
+# channel, and a stale mark costs only its place in `_marks` meanwhile.
+MARK_PRUNE_SECONDS = 15.0
+_pruned_at = 0.0
 
 
 def to_event(notification: Notification) -> Event:
@@ -187,6 +193,12 @@ def marks_snapshot() -> dict[str, int]:
         return dict(_marks)
 
 
+def marks_of(channels: Iterable[str]) -> dict[str, int]:
+    """Return the marks of those of `channels` that have one."""
+    with _lock:
+        return {c: _marks[c] for c in set(channels) if c in _marks}
+
+
 def listener_active() -> bool:
     return _listener_active
 
@@ -201,15 +213,24 @@ def scan_generation() -> int:
 
 
 def scan_finished() -> None:
-    """Count a scan, and forget marks of channels no local stream listens to."""
+    """Count a scan; now and then forget the marks no local stream needs."""
     global _scan_generation
+    with _lock:
+        _scan_generation += 1
+    if time.monotonic() - _pruned_at >= MARK_PRUNE_SECONDS:
+        prune_marks()
+
+
+def prune_marks() -> None:
+    """Forget the marks of channels that no local stream listens to."""
+    global _pruned_at
     manager = get_listener_manager()
     # Streams register on the event loop while this runs on the listener's
     # thread: copy the channel names under django-eventstream's lock.
     with manager.lock:
         listening = set(manager.listeners_by_channel)
     with _lock:
-        _scan_generation += 1
+        _pruned_at = time.monotonic()
         for channel in [c for c in _marks if c not in listening]:
             del _marks[channel]
 

@@ -80,9 +80,21 @@ class MarkTests(TestCase):
         NotificationStorage().get_current_id("broadcast")
         NotificationStorage().get_current_id("user-1")
 
-        transport.scan_finished()
+        transport.prune_marks()
 
         self.assertEqual(transport.marks_snapshot(), {"broadcast": 0})
+
+    def test_scans_prune_marks_only_now_and_then(self):
+        NotificationStorage().get_current_id("user-1")
+        transport.prune_marks()
+        NotificationStorage().get_current_id("user-2")
+
+        transport.scan_finished()
+        self.assertIn("user-2", transport.marks_snapshot())
+
+        with mock.patch.object(transport, "MARK_PRUNE_SECONDS", 0.0):
+            transport.scan_finished()
+        self.assertNotIn("user-2", transport.marks_snapshot())
 
 
 class IdScannerTests(TestCase):

@@ -16,7 +16,7 @@ from unittest import mock
 
 from django.test import TransactionTestCase
 
-from notifications import transport
+from notifications import streaming, transport
 from notifications.models import Notification, Visitor
 from notifications.services import notification_send
 from notifications.streaming import event_stream
@@ -88,6 +88,8 @@ class StreamReader:
 
     def close(self):
         # Like a client going away: the server cancels the response's task.
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(5)
@@ -188,3 +190,60 @@ class EventStreamTests(TransactionTestCase):
         seqs = [int(frame["id"].rpartition(":")[2]) for frame in frames]
         self.assertEqual(seqs, list(range(1, count + 1)))
         self.assertEqual(reader.quiet(), [])
+
+
+class KeepAliveTests(TransactionTestCase):
+    def setUp(self):
+        self.visitor = Visitor.objects.create()
+        patches = [
+            mock.patch.object(streaming, "KEEP_ALIVE_SECONDS", 0.4),
+            mock.patch.object(streaming, "KEEP_ALIVE_CHECK_SECONDS", 0.1),
+        ]
+        for patch in patches:
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def reader(self):
+        reader = StreamReader(
+            channels=["broadcast", self.visitor.channel], token=self.visitor.token
+        )
+        self.addCleanup(reader.close)
+        return reader
+
+    def events_within(self, reader, seconds):
+        events, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                events.append(reader.frames.get(timeout=0.05)["event"])
+            except queue.Empty:
+                continue
+        return events
+
+    def test_an_idle_stream_gets_keep_alives(self):
+        reader = self.reader()
+
+        events = self.events_within(reader, 1.5)
+
+        self.assertEqual(events[0], "stream-open")
+        # One every 0.4-0.5 s: after 1.5 s, two or three, and nothing else.
+        self.assertIn(events[1:].count("keep-alive"), (2, 3))
+        self.assertEqual(set(events[1:]), {"keep-alive"})
+
+    def test_a_stream_that_writes_gets_none(self):
+        reader = self.reader()
+        events = []
+        for i in range(8):
+            notification_send(message=f"n{i}", visitor=self.visitor)
+            events += self.events_within(reader, 0.2)
+
+        self.assertNotIn("keep-alive", events)
+        self.assertEqual(events.count("notification"), 8)
+
+    def test_the_sweeper_ends_with_the_last_stream(self):
+        reader = self.reader()
+        loop = reader._loop
+        self.assertIn(loop, streaming._open_pages)
+
+        reader.close()
+
+        self.assertNotIn(loop, streaming._open_pages)
