@@ -36,6 +36,7 @@ import functools
 import itertools
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -44,13 +45,13 @@ from typing import Any
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
-from django_eventstream.views import get_listener_manager
+from django_eventstream.views import MAX_PENDING, get_listener_manager
 
 from .conf import conf
 from .listener import get_listener
@@ -114,6 +115,8 @@ class StreamHandler(ASGIHandler):
         # the minutes a stream lasts: an open page should cost little memory.
         # Each part is one short batch of frames, sent as one message.
         await send(_response_start(response))
+        if isinstance(response, EventStreamResponse):
+            response.page.send = send
         async with aclosing(aiter(response)) as content:
             async for part in content:
                 await send(
@@ -223,13 +226,148 @@ def queue_for_streams(channel: str, event: Any) -> None:
     pipe per page). Handing the whole fan-out to the streams' loop in one call
     wakes every page from inside the loop instead.
     """
-    manager = get_listener_manager()
     loop = _stream_loop
-    idle = loop is None or loop.is_closed() or not loop.is_running()
-    if idle or _running_loop() is loop:
-        manager.add_to_queues(channel, event)
+    if loop is None or loop.is_closed() or not loop.is_running():
+        get_listener_manager().add_to_queues(channel, event)
+    elif _running_loop() is loop:
+        _fan_out(channel, event)
     else:
-        loop.call_soon_threadsafe(manager.add_to_queues, channel, event)
+        loop.call_soon_threadsafe(_fan_out, channel, event)
+
+
+class Page:
+    """What the fan-out may write to directly: set once the headers are out."""
+
+    __slots__ = ("send",)
+
+    def __init__(self) -> None:
+        self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """The response of one page's event stream (see `event_stream`)."""
+
+    def __init__(
+        self,
+        *,
+        channels: list[str],
+        token: str,
+        positions: Positions | None,
+        reset_reason: str = "",
+    ) -> None:
+        self.page = Page()
+        super().__init__(
+            event_stream(
+                channels=channels,
+                token=token,
+                positions=positions,
+                reset_reason=reset_reason,
+                page=self.page,
+            ),
+            content_type="text/event-stream",
+        )
+
+
+# Pages written to per turn of the event loop during a fan-out. Between turns
+# the loop flushes the sockets written so far, so the first pages receive
+# their frame while later ones are still being written, and other requests
+# are not held up by a broadcast to thousands.
+FAN_OUT_STEP = 256
+# Per event loop, fan-outs not finished yet, each [event, channel, pages, next
+# index]; one finishes before the next starts, so a channel's events leave in
+# the order they were handed over.
+_fan_outs: dict[asyncio.AbstractEventLoop, deque[list[Any]]] = {}
+
+
+def _fan_out(channel: str, event: Any) -> None:
+    """Give `event` to every stream of `channel` in this process (on the loop).
+
+    The pages are taken from django-eventstream's listener manager under its
+    lock, and served after it is released, `FAN_OUT_STEP` at a time.
+    """
+    manager = get_listener_manager()
+    with manager.lock:
+        listeners = list(manager.listeners_by_channel.get(channel, ()))
+    if not listeners:
+        return
+    loop = asyncio.get_running_loop()
+    pending = _fan_outs.setdefault(loop, deque())
+    pending.append([event, channel, listeners, 0])
+    if len(pending) == 1:
+        _fan_out_step(loop, pending)
+
+
+def _fan_out_step(loop: asyncio.AbstractEventLoop, pending: deque[list[Any]]) -> None:
+    budget = FAN_OUT_STEP
+    now = loop.time()
+    while pending and budget > 0:
+        item = pending[0]
+        event, channel, listeners, start = item
+        end = min(len(listeners), start + budget)
+        for index in range(start, end):
+            _give(listeners[index], channel, event, loop, now)
+        budget -= end - start
+        if end == len(listeners):
+            pending.popleft()
+        else:
+            item[3] = end
+    if pending:
+        loop.call_soon(_fan_out_step, loop, pending)
+    elif _fan_outs.get(loop) is pending:
+        del _fan_outs[loop]
+
+
+def _give(
+    listener: Any,
+    channel: str,
+    event: Any,
+    loop: asyncio.AbstractEventLoop,
+    now: float,
+) -> None:
+    """Write `event` to one page now, or queue it for the page's stream loop.
+
+    A page waiting with nothing queued, for which the event is the next number
+    on the channel, gets its frame at once through the ASGI `send` of its
+    response, without waking its task: Daphne's `send` returns without
+    suspending, so this costs one call. Any other page (busy, behind, on
+    another loop, or served where `send` is not known) gets the event in its
+    queue, as django-eventstream queues it, and its stream loop decides.
+    """
+    page = getattr(listener, "page", None)
+    if (
+        listener.idle
+        and page is not None
+        and page.send is not None
+        and listener.loop is loop
+        and event.type != SESSION_CHANGED
+        and not listener.aevent.is_set()
+        and listener.positions.get(channel) == event.id - 1
+    ):
+        listener.positions[channel] = event.id
+        frame = _event_frame(event, listener.positions).encode()
+        message = {"type": "http.response.body", "body": frame, "more_body": True}
+        listener.last_write = now
+        task = asyncio.Task(page.send(message), loop=loop, eager_start=True)
+        if not task.done():
+            # A server whose send waits (flow control): the stream loop waits
+            # for this write before its next one, and until then events queue.
+            listener.idle = False
+            listener.inflight = task
+            task.add_done_callback(lambda _task: listener.aevent.set())
+        elif not task.cancelled() and task.exception() is not None:
+            # The connection is going; its stream loop, woken, ends at its
+            # next write.
+            logger.warning("stream: a write failed", exc_info=task.exception())
+            listener.idle = False
+            listener.aevent.set()
+        return
+    with get_listener_manager().lock:
+        items = listener.channel_items.setdefault(channel, [])
+        if len(items) < MAX_PENDING:
+            items.append(event)
+        else:
+            listener.overflow = True
+    listener.wake_threadsafe()
 
 
 @functools.cache
@@ -241,6 +379,12 @@ def _listener_class() -> type:
         # asks for a keep-alive.
         last_write = 0.0
         keep_alive_due = False
+        # Set while the stream loop waits with nothing queued: only then may
+        # the fan-out write to the page itself (see `_fan_out`).
+        idle = False
+        positions: Positions = {}
+        page: Page | None = None
+        inflight: asyncio.Task[None] | None = None
 
         def wake_threadsafe(self) -> None:
             # Inside the loop (see `queue_for_streams`) a plain set() is enough.
@@ -320,6 +464,7 @@ async def event_stream(
     token: str,
     positions: Positions | None,
     reset_reason: str = "",
+    page: Page | None = None,
 ) -> AsyncIterator[str | bytes]:
     """Yield the SSE frames of a page of session `token` that hears `channels`.
 
@@ -336,6 +481,7 @@ async def event_stream(
     global _stream_loop
     listener = _listener_class()()
     listener.channels = set(channels)
+    listener.page = page
     listener.assign_loop()
     _stream_loop = listener.loop
     # Listen before reading the positions, so that nothing committed after the
@@ -357,6 +503,7 @@ async def event_stream(
             positions = current
         else:
             positions = {channel: positions[channel] for channel in channels}
+        listener.positions = positions
         if reset_reason:
             reset = _reset_frame(channels, positions, reason=reset_reason)
             yield OPENING_PADDING + reset + "event: stream-open\ndata:\n\n"
@@ -364,6 +511,9 @@ async def event_stream(
             yield OPENING
 
         while True:
+            if listener.inflight is not None:
+                inflight, listener.inflight = listener.inflight, None
+                await inflight
             with manager.lock:
                 queued, overflow = listener.channel_items, listener.overflow
                 error = listener.error
@@ -413,7 +563,11 @@ async def event_stream(
             if error or any(event.type == SESSION_CHANGED for event in sent):
                 return
             if not need_read:
-                await listener.aevent.wait()
+                listener.idle = True
+                try:
+                    await listener.aevent.wait()
+                finally:
+                    listener.idle = False
     finally:
         manager.remove_listener(listener)
         _open_pages.get(loop, set()).discard(listener)
@@ -426,7 +580,13 @@ SESSION_CHANGED = Notification.SESSION_CHANGED_EVENT_TYPE
 
 
 def _event_frame(event: Event, positions: Positions) -> str:
-    return encode_event(event.type, event.data, make_id(positions))
+    return encode_event(event.type, event.data, _make_id(positions))
+
+
+def _make_id(positions: Positions) -> str:
+    # django_eventstream.utils.make_id, without its quote(): channel names are
+    # letters, digits and "-" (channels.CHANNEL_RE), which quote() keeps.
+    return ",".join(f"{channel}:{seq}" for channel, seq in positions.items())
 
 
 def _reset_frame(channels: list[str], positions: Positions, reason: str = "") -> str:

@@ -11,7 +11,6 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -41,7 +40,7 @@ from .services import (
     visitor_ensure,
 )
 from .storage import release_connection
-from .streaming import NO_SESSION_FRAMES, event_stream
+from .streaming import NO_SESSION_FRAMES, EventStreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +202,11 @@ def stream(request: HttpRequest) -> HttpResponse:
             }
     # The stream itself checks that the session's Visitor still exists, in
     # the same query that reads where its channels stand.
-    response = StreamingHttpResponse(
-        event_stream(
-            channels=channels,
-            token=token,
-            positions=positions,
-            reset_reason=reset_reason,
-        ),
-        content_type="text/event-stream",
+    response = EventStreamResponse(
+        channels=channels,
+        token=token,
+        positions=positions,
+        reset_reason=reset_reason,
     )
     add_default_headers(response, request=request)
     release_connection()
