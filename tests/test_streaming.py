@@ -247,3 +247,155 @@ class KeepAliveTests(TransactionTestCase):
         reader.close()
 
         self.assertNotIn(loop, streaming._open_pages)
+
+
+class Pages:
+    """Open event streams as StreamHandler serves them, with the page's `send` known.
+
+    Frames the stream loop yields and frames the fan-out writes itself are kept
+    apart, per page, in the order they were sent.
+    """
+
+    def __init__(self, visitors, *, send_delay=0.0):
+        self.send_delay = send_delay
+        self.written = {visitor.token: [] for visitor in visitors}  # by the fan-out
+        self.yielded = {visitor.token: [] for visitor in visitors}  # by the loop
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(visitors),))
+        self._thread.start()
+        assert self._ready.wait(10), "the pages did not open"
+
+    async def _run(self, visitors):
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._waiting = len(visitors)
+        tasks = [asyncio.create_task(self._page(visitor)) for visitor in visitors]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._opened.wait(), 10)
+            self._ready.set()
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _page(self, visitor):
+        response = streaming.EventStreamResponse(
+            channels=["broadcast", visitor.channel], token=visitor.token, positions=None
+        )
+
+        async def send(message):
+            if self.send_delay:
+                await asyncio.sleep(self.send_delay)
+            self.written[visitor.token].append(message["body"].decode())
+
+        response.page.send = send
+        async for part in response:
+            if not self.yielded[visitor.token]:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._opened.set()
+            self.yielded[visitor.token].append(part.decode())
+
+    def messages(self, token, count, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [
+                json.loads(line[6:])["message"]
+                for frame in self.written[token] + self.yielded[token]
+                for line in frame.split("\n")
+                if line.startswith("data: {")
+            ]
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        return found
+
+    def close(self):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+class FanOutTests(TransactionTestCase):
+    def pages(self, count, **kwargs):
+        visitors = [Visitor.objects.create() for _ in range(count)]
+        pages = Pages(visitors, **kwargs)
+        self.addCleanup(pages.close)
+        return visitors, pages
+
+    def test_a_waiting_page_is_written_to_without_waking_its_loop(self):
+        [visitor], pages = self.pages(1)
+
+        notification_send(message="direct", visitor=visitor)
+
+        self.assertEqual(pages.messages(visitor.token, 1), ["direct"])
+        [frame] = pages.written[visitor.token]
+        self.assertIn(f"id: broadcast:0,{visitor.channel}:1\n", frame)
+        self.assertEqual(len(pages.yielded[visitor.token]), 1)  # the opening only
+
+    def test_a_broadcast_in_steps_reaches_every_page_in_order(self):
+        with mock.patch.object(streaming, "FAN_OUT_STEP", 2):
+            visitors, pages = self.pages(7)
+            for i in range(3):
+                notification_send(message=f"b{i}", broadcast=True)
+
+            for visitor in visitors:
+                self.assertEqual(pages.messages(visitor.token, 3), ["b0", "b1", "b2"])
+        ids = [
+            line
+            for frame in pages.written[visitors[0].token]
+            for line in frame.split("\n")
+            if line.startswith("id: ")
+        ]
+        self.assertEqual(
+            ids, [f"id: broadcast:{n},{visitors[0].channel}:0" for n in (1, 2, 3)]
+        )
+
+    def test_a_send_that_waits_keeps_order_and_loses_nothing(self):
+        [visitor], pages = self.pages(1, send_delay=0.05)
+
+        for i in range(20):
+            notification_send(message=f"n{i}", visitor=visitor)
+
+        self.assertEqual(
+            pages.messages(visitor.token, 20), [f"n{i}" for i in range(20)]
+        )
+        time.sleep(0.3)
+        self.assertEqual(len(pages.messages(visitor.token, 21, timeout=0.1)), 20)
+
+    def test_only_a_waiting_page_at_the_previous_number_is_written_to(self):
+        async def check():
+            loop = asyncio.get_running_loop()
+            written = []
+
+            async def send(message):
+                written.append(message["body"])
+
+            def page(**state):
+                listener = streaming._listener_class()()
+                listener.loop, listener.page = loop, streaming.Page()
+                listener.page.send = send
+                listener.idle, listener.positions = True, {"broadcast": 4}
+                for name, value in state.items():
+                    setattr(listener, name, value)
+                return listener
+
+            event = transport.to_event(Notification(channel="broadcast", seq=5))
+            cases = {
+                "next number, waiting": (page(), 1),
+                "behind (a hole)": (page(positions={"broadcast": 3}), 0),
+                "already sent": (page(positions={"broadcast": 5}), 0),
+                "busy": (page(idle=False), 0),
+                "woken, not yet run": (page(), 0),
+            }
+            cases["woken, not yet run"][0].aevent.set()
+            for name, (listener, writes) in cases.items():
+                written.clear()
+                streaming._give(listener, "broadcast", event, loop, loop.time())
+                with self.subTest(name):
+                    self.assertEqual(len(written), writes)
+                    queued = listener.channel_items.get("broadcast", [])
+                    self.assertEqual(queued, [] if writes else [event])
+                    self.assertEqual(listener.aevent.is_set(), not writes)
+
+        asyncio.run(check())
