@@ -39,15 +39,17 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, closing
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.urls import reverse
+from django.urls import reverse, set_script_prefix
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
@@ -104,8 +106,41 @@ class StreamHandler(ASGIHandler):
         BaseHandler.__init__(self)
         self.load_middleware(is_async=False)
 
-    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+    async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
+        # ASGIHandler.handle, with the request_started signal sent from the
+        # same thread trip as the middleware and the view, as under WSGI.
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        with closing(body_file):
+            set_script_prefix(get_script_prefix(scope))
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                await self.send_response(error_response, send)
+                await sync_to_async(error_response.close)()
+                return
+            response = None
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.listen_for_disconnect(receive))
+                    response = await sync_to_async(
+                        self._respond, thread_sensitive=True
+                    )(scope, request)
+                    await self.send_response(response, send)
+                    raise _Served
+            except* (_Served, RequestAborted):
+                pass
+            if response is None:
+                await signals.request_finished.asend(sender=self.__class__)
+            else:
+                await sync_to_async(response.close)()
+
+    def _respond(self, scope: Scope, request: HttpRequest) -> HttpResponseBase:
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        response = self.get_response(request)
+        response._handler_class = self.__class__
+        return response
 
     async def send_response(self, response: HttpResponseBase, send: Any) -> None:
         if not response.streaming:
@@ -123,6 +158,10 @@ class StreamHandler(ASGIHandler):
                     {"type": "http.response.body", "body": part, "more_body": True}
                 )
         await send({"type": "http.response.body"})
+
+
+class _Served(Exception):
+    """Ends the task group that listens for a disconnect once a response is out."""
 
 
 def _response_start(response: HttpResponseBase) -> dict[str, Any]:

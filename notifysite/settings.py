@@ -171,6 +171,8 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Database sessions, each read in one plain query (every stream connect reads one).
+SESSION_ENGINE = "notifications.sessions"
 
 # Django's tasks framework; the database backend runs jobs in a worker process
 # (`manage.py db_worker`).

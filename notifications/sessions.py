@@ -1,0 +1,36 @@
+"""Django's database session store, with each session read in one plain query.
+
+Every stream connect loads its session, and the ORM's part of a load (building
+the queryset, compiling it, making a `Session` instance) was the largest single
+cost of a connect. This store reads the same row of the same table with the
+same condition (the key, not expired) as one parameterised SELECT; writing,
+deleting and expiring sessions stay Django's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.sessions.backends import db
+from django.db import connections, router
+from django.utils import timezone
+
+
+class SessionStore(db.SessionStore):
+    def load(self) -> dict[str, Any]:
+        model = self.model
+        connection = connections[router.db_for_read(model)]
+        table = connection.ops.quote_name(model._meta.db_table)
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT session_data FROM {table} "
+                "WHERE session_key = %s AND expire_date > %s",
+                [self.session_key, now],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            # As Django's store does: a missing or expired session gets a new key.
+            self._session_key = None
+            return {}
+        return self.decode(row[0])
