@@ -7,9 +7,17 @@ number, so a push that overtook another, or one that never came, leaves a hole
 the client cannot detect. This loop keeps the position of each channel itself:
 a pushed event is sent only when it is the next number on its channel, one
 already sent is dropped, and anything else makes it re-read the table from its
-position. Listener registration and pushes still go through
-django-eventstream's listener manager, so its senders and transports work
-unchanged.
+position. Listeners register with django-eventstream's listener manager, so
+its senders and transports work unchanged.
+
+Fan-out: an event for this process's streams is handed to the streams' event
+loop once (`queue_for_streams`), not once per page. There `_fan_out` writes the
+frame itself to each page that waits with nothing queued and for which the
+event is the next number, through its response's ASGI `send`, without waking
+the page's task; other pages get it queued and their loop decides as above.
+Pages are served a few hundred per turn of the loop, so the first sockets are
+flushed while later ones are written. Keep-alives come from one sweeper per
+loop, not from a timer per page re-armed at every wake-up.
 
 Threads: Django runs every ASGI request inside asgiref's
 `ThreadSensitiveContext`; the first thread-sensitive `sync_to_async` in it (the
@@ -25,8 +33,9 @@ streams can take turns on a thread. Other requests keep Django's thread each.
 Connects: Django's async handler runs each built-in middleware's request and
 response hooks through their own `sync_to_async` call, a dozen trips between
 the event loop and a thread per request. The stream's path is served by
-`StreamHandler` instead, which runs the same middleware and the same view in
-Django's sync mode, all in one trip, and streams the response from the loop.
+`StreamHandler` instead, which sends `request_started` and runs the same
+middleware and the same view in Django's sync mode, all in one trip, and
+streams the response from the loop.
 """
 
 from __future__ import annotations
