@@ -41,10 +41,12 @@ streams the response from the loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import itertools
 import logging
 import re
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +132,14 @@ class StreamHandler(ASGIHandler):
                 await sync_to_async(error_response.close)()
                 return
             response = None
+            # The view reads where the page's channels stand: the process's
+            # listener must be running by then, or rows other processes
+            # commit to a channel first read by this page would pass it by.
+            process_listener = get_listener()
+            if process_listener is not None:
+                await process_listener.ensure_started()
+            # Copied into the view's thread with the rest of the context.
+            _handler_loop.set(asyncio.get_running_loop())
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self.listen_for_disconnect(receive))
@@ -293,7 +303,13 @@ class Page:
 
 
 class EventStreamResponse(StreamingHttpResponse):
-    """The response of one page's event stream (see `event_stream`)."""
+    """The response of one page's event stream (see `event_stream`).
+
+    Made in a view that `StreamHandler` serves, it registers the page and reads
+    where its channels stand right away, in the view's thread and on the
+    connection the view already holds, instead of in a second thread trip once
+    the stream starts.
+    """
 
     def __init__(
         self,
@@ -304,6 +320,14 @@ class EventStreamResponse(StreamingHttpResponse):
         reset_reason: str = "",
     ) -> None:
         self.page = Page()
+        self._listener = None
+        start = None
+        loop = _handler_loop.get()
+        if loop is not None:
+            self._listener = _register(channels, self.page, loop)
+            # Also when a middleware drops this response without closing it.
+            weakref.finalize(self, _unregister, self._listener)
+            start = _start(token, channels)
         super().__init__(
             event_stream(
                 channels=channels,
@@ -311,9 +335,45 @@ class EventStreamResponse(StreamingHttpResponse):
                 positions=positions,
                 reset_reason=reset_reason,
                 page=self.page,
+                opened=None if self._listener is None else (self._listener, start),
             ),
             content_type="text/event-stream",
         )
+
+    def close(self) -> None:
+        # A client gone before the stream started leaves its page registered.
+        if self._listener is not None:
+            _unregister(self._listener)
+        super().close()
+
+
+# The event loop of the StreamHandler request being served, seen from its view.
+_handler_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = (
+    contextvars.ContextVar("notifications_stream_loop", default=None)
+)
+
+
+def _register(channels: list[str], page: Page | None, loop: Any) -> Any:
+    """Make a page's listener and register it (from any thread)."""
+    global _stream_loop
+    listener = _listener_class()()
+    listener.channels = set(channels)
+    listener.page = page
+    listener.loop = loop
+    listener.registered = True
+    _stream_loop = loop
+    get_listener_manager().add_listener(listener)
+    return listener
+
+
+def _unregister(listener: Any) -> None:
+    """Remove a page's listener, once, whichever of its stream and response ends first."""
+    manager = get_listener_manager()
+    with manager.lock:
+        if not listener.registered:
+            return
+        listener.registered = False
+    manager.remove_listener(listener)
 
 
 # Pages written to per turn of the event loop during a fan-out. Between turns
@@ -433,6 +493,7 @@ def _listener_class() -> type:
         positions: Positions = {}
         page: Page | None = None
         inflight: asyncio.Task[None] | None = None
+        registered = False
 
         def wake_threadsafe(self) -> None:
             # Inside the loop (see `queue_for_streams`) a plain set() is enough.
@@ -513,6 +574,7 @@ async def event_stream(
     positions: Positions | None,
     reset_reason: str = "",
     page: Page | None = None,
+    opened: tuple[Any, Positions | None] | None = None,
 ) -> AsyncIterator[str | bytes]:
     """Yield the SSE frames of a page of session `token` that hears `channels`.
 
@@ -520,25 +582,25 @@ async def event_stream(
     after them; without, it starts at the current rows, announced by a
     `stream-reset` event when `reset_reason` says why its position was refused.
     A session whose Visitor is gone gets a `no-session` error and no stream.
+    `opened` is a listener already registered and the start read after it
+    (`EventStreamResponse`); without, the stream registers and reads itself.
     """
     manager = get_listener_manager()
     # This process's cross-process listener starts with its first stream.
     process_listener = get_listener()
     if process_listener is not None:
         await process_listener.ensure_started()
-    global _stream_loop
-    listener = _listener_class()()
-    listener.channels = set(channels)
-    listener.page = page
-    listener.assign_loop()
-    _stream_loop = listener.loop
     # Listen before reading the positions, so that nothing committed after the
     # read can pass unseen; a push of a row the read already covered is dropped.
-    manager.add_listener(listener)
+    if opened is None:
+        listener = _register(channels, page, asyncio.get_running_loop())
+    else:
+        listener, current = opened
     _watch(listener)
     loop = listener.loop
     try:
-        current = await _start_async(token, channels)
+        if opened is None:
+            current = await _start_async(token, channels)
         if current is None:
             yield NO_SESSION_FRAMES
             return
@@ -617,7 +679,7 @@ async def event_stream(
                 finally:
                     listener.idle = False
     finally:
-        manager.remove_listener(listener)
+        _unregister(listener)
         _open_pages.get(loop, set()).discard(listener)
 
 

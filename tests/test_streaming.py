@@ -399,3 +399,47 @@ class FanOutTests(TransactionTestCase):
                     self.assertEqual(listener.aevent.is_set(), not writes)
 
         asyncio.run(check())
+
+
+class PreparedStreamTests(TransactionTestCase):
+    """A response made where StreamHandler serves it registers its page at once."""
+
+    def setUp(self):
+        self.visitor = Visitor.objects.create()
+        self.channels = ["broadcast", self.visitor.channel]
+        self.loop = asyncio.new_event_loop()
+        self.addCleanup(self.loop.close)
+        token = streaming._handler_loop.set(self.loop)
+        self.addCleanup(streaming._handler_loop.reset, token)
+
+    def listening(self):
+        manager = streaming.get_listener_manager()
+        with manager.lock:
+            return self.visitor.channel in manager.listeners_by_channel
+
+    def response(self):
+        return streaming.EventStreamResponse(
+            channels=self.channels, token=self.visitor.token, positions=None
+        )
+
+    def test_the_page_listens_from_the_view_on(self):
+        response = self.response()
+        self.addCleanup(response.close)
+
+        self.assertTrue(self.listening())
+
+    def test_a_response_closed_before_its_stream_started_stops_listening(self):
+        response = self.response()
+
+        response.close()
+        response.close()
+
+        self.assertFalse(self.listening())
+
+    def test_a_response_dropped_without_closing_stops_listening(self):
+        response = self.response()
+        self.assertTrue(self.listening())
+
+        del response
+
+        self.assertFalse(self.listening())
