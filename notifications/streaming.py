@@ -141,15 +141,21 @@ class StreamHandler(ASGIHandler):
             # Copied into the view's thread with the rest of the context.
             _handler_loop.set(asyncio.get_running_loop())
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self.listen_for_disconnect(receive))
-                    response = await sync_to_async(
-                        self._respond, thread_sensitive=True
-                    )(scope, request)
-                    await self.send_response(response, send)
-                    raise _Served
-            except* (_Served, RequestAborted):
-                pass
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self.listen_for_disconnect(receive))
+                        response = await sync_to_async(
+                            self._respond, thread_sensitive=True
+                        )(scope, request)
+                        await self.send_response(response, send)
+                        raise _Served
+                except* (_Served, RequestAborted):
+                    pass
+            except BaseExceptionGroup as group_error:
+                # One failure is raised as itself, as Django's handler does.
+                if len(group_error.exceptions) == 1:
+                    raise group_error.exceptions[0] from None
+                raise
             if response is None:
                 await signals.request_finished.asend(sender=self.__class__)
             else:

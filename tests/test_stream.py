@@ -229,3 +229,32 @@ class LiveAdminTests(TransactionTestCase):
             bob_stream.next("notification").json()["message"], "Just for Bob"
         )
         self.assertEqual(alice_stream.collect(wait=1.0), [])
+
+
+class DeadDatabaseStreamTests(TransactionTestCase):
+    """A stream whose database cannot be reached fails at once, and clearly."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.server = DaphneServer(
+            env={"DATABASE_URL": "sqlite:////nonexistent-notifysite-dir/db.sqlite3"}
+        ).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        super().tearDownClass()
+
+    def test_each_stream_gets_a_server_error_and_the_server_goes_on(self):
+        import httpx
+
+        for _ in range(2):
+            response = httpx.get(
+                f"{self.server.url}/notifications/",
+                cookies={"sessionid": "a" * 32},
+                timeout=10,
+            )
+            self.assertEqual(response.status_code, 500)
+        self.assertIn("unable to open database file", self.server.log())
+        self.assertIsNone(self.server.process.poll())
