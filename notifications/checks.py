@@ -64,6 +64,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="notifications.E008",
                 )
             )
+    limit = conf.REPORTS_PER_MINUTE
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        errors.append(
+            Error(
+                "NOTIFICATIONS_REPORTS_PER_MINUTE must be an integer, zero (no limit) "
+                f"or more, not {limit!r}.",
+                id="notifications.E011",
+            )
+        )
     transport = conf.TRANSPORT
     if transport is not None and transport not in TRANSPORTS:
         errors.append(

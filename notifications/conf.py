@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_STREAM_THREADS": 4,
     # Seconds the report job pauses after each step, so its progress shows.
     "NOTIFICATIONS_REPORT_STEP_SECONDS": 1.0,
+    # Most report jobs one browser session may start in a minute (0: no limit),
+    # so that a held-down button cannot fill the worker's queue.
+    "NOTIFICATIONS_REPORTS_PER_MINUTE": 5,
     # Most unread notifications listed by the inbox and the JSON endpoint.
     "NOTIFICATIONS_INBOX_LIMIT": 50,
 }

@@ -297,25 +297,70 @@ def visitor_session_changed(
     )
 
 
+def _reports_started_this_minute(visitor: Visitor, progress_type: str) -> int:
+    # Every job tells its session how it goes with `progress` rows carrying the
+    # job's id, from the moment it is queued (or run, with an immediate
+    # backend): the jobs named in the last minute's rows were started in it or
+    # are still running.
+    since = timezone.now() - timedelta(seconds=ReportLimitReached.retry_after)
+    return (
+        Notification.objects.filter(
+            visitor=visitor, event_type=progress_type, created_at__gte=since
+        )
+        .values("payload__job")
+        .distinct()
+        .count()
+    )
+
+
+class ReportLimitReached(Exception):
+    """The session has started `NOTIFICATIONS_REPORTS_PER_MINUTE` reports this minute."""
+
+    retry_after = 60
+
+
 def report_job_enqueue(visitor: Visitor) -> str:
     """Queue the report job for a browser session; return the job's id.
 
     The session hears at once that the job is queued, since a worker may be
-    busy or not running yet.
+    busy or not running yet. Past `NOTIFICATIONS_REPORTS_PER_MINUTE` jobs in a
+    minute it hears why nothing was queued instead, and this raises
+    `ReportLimitReached`.
     """
     from .tasks import PROGRESS_EVENT_TYPE, report_build
 
+    limit = int(conf.REPORTS_PER_MINUTE)
     # One transaction: a database-backed worker cannot see the job before the
     # "queued" event is numbered, so the job's own events come after it.
     with transaction.atomic():
-        result = report_build.enqueue(visitor_id=visitor.pk)
-        if not result.is_finished:
-            notification_send(
-                visitor=visitor,
-                message="Report: queued (0%)",
-                event_type=PROGRESS_EVENT_TYPE,
-                payload={"job": str(result.id), "percent": 0, "step": "queued"},
-            )
+        if limit:
+            # The Visitor row's lock makes two presses at once count one
+            # after the other (PostgreSQL; SQLite has one writer anyway).
+            Visitor.objects.select_for_update().filter(pk=visitor.pk).exists()
+            started = _reports_started_this_minute(visitor, PROGRESS_EVENT_TYPE)
+        refused = bool(limit) and started >= limit
+        if not refused:
+            result = report_build.enqueue(visitor_id=visitor.pk)
+            if not result.is_finished:
+                notification_send(
+                    visitor=visitor,
+                    message="Report: queued (0%)",
+                    event_type=PROGRESS_EVENT_TYPE,
+                    payload={"job": str(result.id), "percent": 0, "step": "queued"},
+                )
+    if refused:
+        logger.info(
+            "report refused for browser session %s: %d this minute", visitor.pk, started
+        )
+        notification_send(
+            visitor=visitor,
+            message=(
+                f"Too many reports at once (at most {limit} a minute): "
+                "wait a moment before starting another."
+            ),
+            level=Notification.Level.WARNING,
+        )
+        raise ReportLimitReached
     logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
     return str(result.id)
 

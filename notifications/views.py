@@ -33,6 +33,7 @@ from .selectors import (
     visitor_token,
 )
 from .services import (
+    ReportLimitReached,
     notification_mark_read,
     notification_send,
     notifications_mark_all_read,
@@ -158,9 +159,21 @@ def button_pressed(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def report_start(request: HttpRequest) -> HttpResponse:
-    """Queue the report job for the requester's session, which it keeps informed."""
+    """Queue the report job for the requester's session, which it keeps informed.
+
+    Past the session's limit of reports a minute: 429, and the session is told
+    why in a warning notification.
+    """
     visitor = visitor_ensure(request)
-    report_job_enqueue(visitor)
+    try:
+        report_job_enqueue(visitor)
+    except ReportLimitReached as refused:
+        if not request.headers.get("X-Requested-With"):
+            # A plain form post goes back to the page, which lists the warning.
+            return redirect("notifications:index")
+        response = HttpResponse(status=429)
+        response["Retry-After"] = str(refused.retry_after)
+        return response
     return _done(request)
 
 

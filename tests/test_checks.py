@@ -57,6 +57,17 @@ class IntervalCheckTests(SimpleTestCase):
         with override_settings(NOTIFICATIONS_REPORT_STEP_SECONDS=-1):
             self.assertEqual(ids(check_settings()), ["notifications.E010"])
 
+    def test_report_limit_is_a_count_zero_or_more(self):
+        for value in [0, 5]:
+            with override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=value):
+                self.assertEqual(check_settings(), [])
+        for value in [-1, "5", 2.5, True]:
+            with (
+                self.subTest(value=value),
+                override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=value),
+            ):
+                self.assertEqual(ids(check_settings()), ["notifications.E011"])
+
     def test_malformed_environment_values_fail_with_a_clear_message(self):
         for env, text in [
             ({"NOTIFICATIONS_POLL_INTERVAL": "abc"}, "must be a number of seconds"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from unittest import mock
 
-from django.test import TestCase, override_settings
+from django.test import Client, TestCase, override_settings
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
 from notifications import tasks
 from notifications.models import Notification, Visitor
-from notifications.services import report_job_enqueue
+from notifications.services import ReportLimitReached, report_job_enqueue
 
 IMMEDIATE = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
 
@@ -61,3 +64,94 @@ class ReportJobTests(TestCase):
 
         self.assertEqual(result.status, "SUCCESSFUL")
         self.assertFalse(Notification.objects.exists())
+
+
+@override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=2)
+class ReportLimitTests(TestCase):
+    """A session may start NOTIFICATIONS_REPORTS_PER_MINUTE reports a minute."""
+
+    def setUp(self):
+        self.visitor = Visitor.objects.create()
+
+    def warnings(self):
+        return list(Notification.objects.filter(visitor=self.visitor, level="warning"))
+
+    def test_the_limit_refuses_the_next_job_and_tells_the_session(self):
+        report_job_enqueue(self.visitor)
+        report_job_enqueue(self.visitor)
+        queued = Notification.objects.filter(visitor=self.visitor).count()
+
+        with self.assertRaises(ReportLimitReached):
+            report_job_enqueue(self.visitor)
+
+        # Nothing queued for the refused press: no job, no progress row.
+        self.assertEqual(DBTaskResult.objects.count(), 2)
+        self.assertEqual(
+            Notification.objects.filter(visitor=self.visitor).count(), queued + 1
+        )
+        [warning] = self.warnings()
+        self.assertEqual(warning.event_type, "notification")
+        self.assertIn("Too many reports at once (at most 2 a minute)", warning.message)
+
+    def test_jobs_older_than_a_minute_and_other_sessions_do_not_count(self):
+        other = Visitor.objects.create()
+        report_job_enqueue(self.visitor)
+        report_job_enqueue(other)
+        report_job_enqueue(other)
+        Notification.objects.filter(visitor=self.visitor).update(
+            created_at=timezone.now() - timedelta(seconds=61)
+        )
+
+        report_job_enqueue(self.visitor)
+        report_job_enqueue(self.visitor)
+
+        self.assertEqual(self.warnings(), [])
+        with self.assertRaises(ReportLimitReached):
+            report_job_enqueue(other)
+
+    @override_settings(TASKS=IMMEDIATE, NOTIFICATIONS_REPORT_STEP_SECONDS=0)
+    def test_jobs_run_at_once_count_by_their_progress(self):
+        report_job_enqueue(self.visitor)
+        report_job_enqueue(self.visitor)
+
+        with self.assertRaises(ReportLimitReached):
+            report_job_enqueue(self.visitor)
+
+    @override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=0)
+    def test_zero_means_no_limit(self):
+        for _ in range(5):
+            report_job_enqueue(self.visitor)
+
+        self.assertEqual(DBTaskResult.objects.count(), 5)
+        self.assertEqual(self.warnings(), [])
+
+
+class ReportViewLimitTests(TestCase):
+    def setUp(self):
+        self.client = Client(enforce_csrf_checks=True)
+        self.client.get("/")
+        self.token = self.client.cookies["csrftoken"].value
+        self.visitor = Visitor.objects.get()
+
+    @override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=1)
+    def test_script_post_past_the_limit_gets_429_with_retry_after(self):
+        headers = {"X-CSRFToken": self.token, "X-Requested-With": "fetch"}
+        first = self.client.post("/report/", headers=headers)
+        second = self.client.post("/report/", headers=headers)
+
+        self.assertEqual(first.status_code, 204)
+        self.assertEqual(second.status_code, 429)
+        self.assertEqual(second["Retry-After"], "60")
+        self.assertEqual(DBTaskResult.objects.count(), 1)
+        self.assertTrue(
+            Notification.objects.filter(visitor=self.visitor, level="warning").exists()
+        )
+
+    @override_settings(NOTIFICATIONS_REPORTS_PER_MINUTE=1)
+    def test_form_post_past_the_limit_goes_back_to_the_page_with_the_warning(self):
+        headers = {"X-CSRFToken": self.token}
+        self.client.post("/report/", headers=headers)
+        response = self.client.post("/report/", headers=headers, follow=True)
+
+        self.assertEqual(response.redirect_chain, [("/", 302)])
+        self.assertContains(response, "Too many reports at once (at most 1 a minute)")
