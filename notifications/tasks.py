@@ -79,6 +79,11 @@ def report_build(context: TaskContext, *, visitor_id: int) -> dict[str, Any]:
     step = "starting"
     try:
         for index, (step, work) in enumerate(steps):
+            if not Visitor.objects.filter(pk=visitor.pk).exists():
+                # Logged out or ended meanwhile: its rows are gone, and nobody
+                # is left to tell.
+                logger.info("report job %s: its browser session ended", job)
+                return {}
             progress_send(visitor, job, index * 100 // len(steps), step)
             figures[step] = work()
             # A pause per step so that the progress can be followed.

@@ -59,6 +59,22 @@ class ReportJobTests(TestCase):
         )
         self.assertFalse(Notification.objects.filter(level="success").exists())
 
+    def test_job_stops_when_its_session_ends_while_it_runs(self):
+        def end_session():
+            Visitor.objects.filter(pk=self.visitor.pk).delete()
+            return 0
+
+        steps = [("Counting", end_session), ("Counting again", lambda: 0)]
+        with mock.patch.object(tasks, "report_steps", return_value=steps):
+            result = tasks.report_build.enqueue(visitor_id=self.visitor.pk)
+
+        self.assertEqual(result.status, "SUCCESSFUL")
+        # Only the event that closes the ended session's streams is left.
+        self.assertEqual(
+            list(Notification.objects.values_list("event_type", "visitor")),
+            [("session-changed", None)],
+        )
+
     def test_job_for_a_session_that_ended_sends_nothing(self):
         result = tasks.report_build.enqueue(visitor_id=self.visitor.pk + 1000)
 
