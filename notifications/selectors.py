@@ -20,6 +20,12 @@ def visitor_token(request: HttpRequest) -> str | None:
     session = getattr(request, "session", None)
     if session is None:
         return None
+    # The user first: resolving it can end the session (a password changed
+    # elsewhere fails its hash check and Django flushes it, visitor and all),
+    # and the token read before that would name a visitor that is gone.
+    user = getattr(request, "user", None)
+    if user is not None:
+        user.is_authenticated  # noqa: B018  (evaluates the lazy user)
     token = session.get(SESSION_TOKEN_KEY)
     if not isinstance(token, str) or not token:
         return None

@@ -22,6 +22,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from . import transport
+from .channels import user_channel
 from .conf import conf
 from .models import (
     BroadcastReceipt,
@@ -54,6 +55,10 @@ RESERVED_EVENT_TYPES = frozenset(
         "stream-open",
         "stream-reset",
         "stream-error",
+        # EventSource fires these itself; a page listening for them would take
+        # a notification of that name for a connection event.
+        "error",
+        "open",
         SESSION_CHANGED_EVENT,
         READ_EVENT,
     }
@@ -493,6 +498,28 @@ def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -
         deleted += len(batch)
     logger.info("trimmed %s expired notifications", deleted)
     return deleted
+
+
+def user_streams_close(user_pk: int, *, reason: str) -> Notification:
+    """End the open streams of every session of a user, on every server process.
+
+    For a change that takes the user away from sessions without a logout in
+    them: a new password (the other sessions fail Django's session hash check
+    at their next request), a deactivated or deleted account. The pages
+    reload and reconnect as whoever their session now holds, usually nobody.
+    Stored on the user's channel with no audience row, like
+    `visitor_streams_close`, so that it works for a deleted user too.
+    """
+    logger.info("user %s: %s; closing their streams", user_pk, reason)
+    return _store(
+        message="Your sign-in changed; the page will reload.",
+        level=Notification.Level.INFO,
+        event_type=SESSION_CHANGED_EVENT,
+        visitor=None,
+        user=None,
+        payload={"reason": reason},
+        channel=user_channel(user_pk),
+    )
 
 
 def visitor_streams_close(visitor: Visitor) -> Notification:

@@ -6,27 +6,38 @@ flushes the session, token included. Either way the session's open streams
 are told with a `session-changed` event, on which they close (any process
 holding one hears it through the transport) and the page reloads.
 
-Logout deletes the session's notifications at once (all but the
-session-changed event, which other processes still have to read). clearsessions
-takes the visitors of the expired sessions with it, and `notifications_trim`
-removes visitors unseen for longer than SESSION_COOKIE_AGE, whatever the
-session backend. A token is random and never reused, so no later visitor can
-receive a row of an ended session in the meantime.
+A session that ends (logout, a login as someone else over it, a deleted
+session: notifications.sessions; clearsessions: below) takes its visitor and
+its notifications with it, and one event left on its channel closes its
+streams. `notifications_trim` removes visitors unseen for longer than
+SESSION_COOKIE_AGE, whatever the session backend. A token is random and never
+reused, so no later visitor can receive a row of an ended session.
+
+A user can also leave sessions that never logged out: a new password fails
+their session hash check at their next request, and an inactive or deleted
+user is nobody. Each of these closes the streams of all the user's sessions,
+which reconnect as whoever their session now holds.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.contrib.sessions.models import Session
-from django.db.models.signals import post_delete
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
 
 from .models import Visitor
 from .selectors import SESSION_TOKEN_KEY, visitor_for_request
-from .services import visitor_session_changed, visitor_streams_close
+from .services import user_streams_close, visitor_session_changed, visitor_streams_close
+
+# The user fields whose change can take a user away from sessions that did
+# not log out: a new password fails the other sessions' hash check, and an
+# inactive user is nobody to the authentication backend.
+_SIGN_IN_FIELDS = {"password", "is_active"}
 
 
 @receiver(user_logged_in, dispatch_uid="notifications_login")
@@ -68,3 +79,51 @@ def forget_channel_of_deleted_visitor(
     # The rows went with the Visitor (CASCADE). A page may still be listening
     # on its channel: one closing event there ends those streams.
     visitor_streams_close(instance)
+
+
+@receiver(
+    pre_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="notifications_user_saving"
+)
+def note_sign_in_change(
+    sender: Any,
+    instance: Any,
+    raw: bool = False,
+    update_fields: Any = None,
+    **kwargs: Any,
+) -> None:
+    # Compared before the save, sent after it: a stream that reconnects on
+    # the event must find the new password or state in the database.
+    instance._notifications_sign_in_change = None
+    if raw or instance.pk is None:
+        return
+    if update_fields is not None and not _SIGN_IN_FIELDS & set(update_fields):
+        return  # e.g. the last_login update of every login: no query
+    before = (
+        sender._default_manager.filter(pk=instance.pk)
+        .values_list("password", "is_active")
+        .first()
+    )
+    if before is None:
+        return
+    password, was_active = before
+    if password != instance.password:
+        instance._notifications_sign_in_change = "password-changed"
+    elif was_active and not getattr(instance, "is_active", True):
+        instance._notifications_sign_in_change = "deactivated"
+
+
+@receiver(
+    post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="notifications_user_saved"
+)
+def close_streams_on_sign_in_change(sender: Any, instance: Any, **kwargs: Any) -> None:
+    reason = getattr(instance, "_notifications_sign_in_change", None)
+    if reason:
+        instance._notifications_sign_in_change = None
+        user_streams_close(instance.pk, reason=reason)
+
+
+@receiver(
+    post_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="notifications_user_gone"
+)
+def close_streams_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    user_streams_close(instance.pk, reason="user-deleted")

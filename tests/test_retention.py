@@ -139,12 +139,16 @@ class EndedSessionTests(TestCase):
         self.assertNotEqual(after.token, visitor.token)
         self.assertFalse(Notification.objects.filter(message="private").exists())
         self.assertNotContains(page, "private")
-        # Only the event that closes the ended session's streams is left.
+        # The browser session ended with the Django session; only the event
+        # that closes its open streams is left on its channel.
+        self.assertFalse(Visitor.objects.filter(pk=visitor.pk).exists())
         self.assertEqual(
             list(
-                Notification.objects.filter(visitor=visitor).values_list("event_type")
+                Notification.objects.filter(channel=visitor.channel).values_list(
+                    "event_type", "visitor"
+                )
             ),
-            [("session-changed",)],
+            [("session-changed", None)],
         )
 
     def test_trim_removes_visitors_unseen_for_longer_than_a_session(self):

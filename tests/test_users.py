@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import TransactionTestCase
+from django.utils.module_loading import import_string
 
 from notifications.models import Notification
 from notifications.models import Visitor as VisitorRow
+from notifications.services import notification_send
 
 from .utils import DaphneServer, Visitor
 
@@ -177,7 +180,10 @@ class LiveUserTests(TransactionTestCase):
 
         from notifications.services import notification_send
 
-        for name in ["session-changed", "notification-read", "stream-reset", "message"]:
+        # "error" and "open" are EventSource's own: a page's handler for the
+        # connection's errors would take such a notification for one.
+        names = ["session-changed", "notification-read", "stream-reset", "message"]
+        for name in [*names, "error", "open"]:
             with (
                 self.subTest(event_type=name),
                 self.assertRaises(ValidationError) as cm,
@@ -198,3 +204,123 @@ class LiveUserTests(TransactionTestCase):
         stream = browser.listen()
 
         self.assertEqual(stream.next("stream-error").json()["condition"], "no-session")
+
+
+class SignInChangeTests(TransactionTestCase):
+    """A user's streams end when the user leaves a session without its logout."""
+
+    def setUp(self):
+        self.server = DaphneServer().start()
+        self.addCleanup(self.server.stop)
+        User = get_user_model()
+        self.carol = User.objects.create_user("carol", password="pw-carol-123")
+        User.objects.create_user("dave", password="pw-dave-123")
+
+    def browser(self, username=None):
+        visitor = Visitor(self.server.url)
+        self.addCleanup(visitor.close)
+        visitor.open_page()
+        if username:
+            visitor.login(username, f"pw-{username}-123")
+            visitor.open_page()
+        return visitor
+
+    def open_stream(self, browser):
+        stream = browser.listen()
+        stream.next("stream-open")
+        return stream
+
+    def assert_ended(self, stream, reason):
+        event = stream.next("session-changed", timeout=3)
+        self.assertEqual(event.json()["data"], {"reason": reason})
+        stream._thread.join(timeout=2.0)
+        self.assertFalse(stream._thread.is_alive(), "the stream stayed open")
+
+    def assert_no_carol(self, browser):
+        # What the same cookies reconnect to: no longer carol's channel.
+        retry = self.open_stream(browser)
+        notification_send(user=self.carol, message="for carol only")
+        self.assertEqual(retry.collect(wait=1.0), [])
+        self.assertNotIn(f"user-{self.carol.pk}", bytes(retry.raw).decode())
+
+    def test_signing_in_as_someone_else_over_a_session_ends_its_streams(self):
+        browser = self.browser("carol")
+        stream = self.open_stream(browser)
+
+        # Django flushes a signed-in session when another user signs in on it.
+        browser.login("dave", "pw-dave-123")
+
+        self.assert_ended(stream, "ended")
+        browser.open_page()
+        self.assert_no_carol(browser)
+
+    def test_a_new_password_ends_the_streams_of_the_users_other_sessions(self):
+        laptop, phone = self.browser("carol"), self.browser("carol")
+        laptop_stream, phone_stream = self.open_stream(laptop), self.open_stream(phone)
+
+        laptop.client.get("/accounts/password_change/")
+        response = laptop.post(
+            "/accounts/password_change/",
+            data={
+                "old_password": "pw-carol-123",
+                "new_password1": "a-new-pw-for-carol-42",
+                "new_password2": "a-new-pw-for-carol-42",
+            },
+        )
+
+        self.assertEqual(response.status_code, 302, response.text[:2000])
+        self.assert_ended(phone_stream, "password-changed")
+        self.assert_ended(laptop_stream, "password-changed")
+        # The phone's session failed its hash check: it is nobody now. The
+        # laptop, which changed the password, is still carol.
+        phone.open_page()
+        self.assert_no_carol(phone)
+        laptop.open_page()
+        self.assertIn(f"user-{self.carol.pk}:", laptop.last_event_id())
+
+    def test_deactivating_or_deleting_the_user_ends_their_streams(self):
+        for change, reason in [
+            ("deactivate", "deactivated"),
+            ("delete", "user-deleted"),
+        ]:
+            with self.subTest(change=change):
+                browser = self.browser("carol")
+                stream = self.open_stream(browser)
+
+                if change == "deactivate":
+                    self.carol.is_active = False
+                    self.carol.save()
+                else:
+                    self.carol.delete()
+
+                self.assert_ended(stream, reason)
+                if change == "deactivate":
+                    browser.open_page()
+                    self.assert_no_carol(browser)
+                    self.carol.is_active = True
+                    self.carol.save()
+
+    def test_deleting_a_session_ends_its_streams_and_its_visitor(self):
+        browser = self.browser("carol")
+        stream = self.open_stream(browser)
+        token = VisitorRow.objects.get(user=self.carol).token
+
+        SessionStore = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
+        SessionStore(browser.session_key).delete()
+
+        self.assert_ended(stream, "ended")
+        self.assertFalse(VisitorRow.objects.filter(token=token).exists())
+
+    def test_signing_in_elsewhere_or_other_saves_keep_the_streams(self):
+        laptop = self.browser("carol")
+        stream = self.open_stream(laptop)
+
+        self.browser("carol")  # a login updates last_login
+        self.carol.first_name = "Carol"
+        self.carol.save()
+        notification_send(user=self.carol, message="still here")
+
+        self.assertEqual(
+            stream.next("notification", timeout=3).json()["message"], "still here"
+        )
+        self.assertEqual(stream.collect("session-changed", wait=0.5), [])
