@@ -6,6 +6,33 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# runserver takes an IPv6 address only in brackets ([::1]:8000); accept both.
+BARE_HOST := $(patsubst [%],%,$(HOST))
+SERVE_HOST := $(if $(findstring :,$(BARE_HOST)),[$(BARE_HOST)],$(BARE_HOST))
+
+# `make run` stops early, with a hint, when runserver could not listen. The
+# probe binds as runserver does: IPv6 only for an IPv6 address, and with
+# SO_REUSEADDR, so that connections of an earlier run still in TIME_WAIT on
+# the port (about a minute after a browser was connected) do not count.
+define PORT_CHECK
+import errno, os, socket, sys
+host, port = os.environ["HOST"], int(os.environ["PORT"])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+shown = f"[{host}]" if family == socket.AF_INET6 else host
+try:
+    address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
+except socket.gaierror as exc:
+    sys.exit(f"{shown}: {exc.strerror}")
+with socket.socket(family, socket.SOCK_STREAM) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"{shown}:{port} is taken; try make run PORT={port + 1}")
+        sys.exit(f"Cannot listen on {shown}:{port}: {exc.strerror}")
+endef
+export PORT_CHECK
 
 # Django 6.1 needs Python 3.12 or newer; take the first such interpreter.
 PYTHON := $(shell for p in python3.13 python3.12 python3.14 python3; do \
@@ -26,12 +53,11 @@ install: $(BIN)/.installed
 
 # The server and the task worker (the report job) together; Ctrl-C stops both.
 run: install
-	@$(BIN)/python -c 'import socket, sys; s = socket.socket(); s.bind(("$(HOST)", $(PORT)))' 2>/dev/null \
-		|| { echo "$(HOST):$(PORT) is taken; try make run PORT=8001" >&2; exit 1; }
+	@HOST='$(BARE_HOST)' PORT='$(PORT)' $(BIN)/python -c "$$PORT_CHECK"
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(BIN)/python manage.py runserver $(SERVE_HOST):$(PORT)
 
 # Production-style serving: Daphne with a listen backlog for reconnect bursts.
 serve: install

@@ -15,7 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Q
 from django.http import HttpRequest
@@ -40,6 +39,9 @@ logger = logging.getLogger(__name__)
 # can never split a frame.
 EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 PAYLOAD_MAX_BYTES = 8192
+# SQLite's JSON check refuses nesting past 1,000 levels (2,000 in older
+# releases), failing the insert; no notification needs a tenth of that.
+PAYLOAD_MAX_DEPTH = 100
 # Streams end when their session logs in or out (see visitor_session_changed).
 SESSION_CHANGED_EVENT = Notification.SESSION_CHANGED_EVENT_TYPE
 # Tells a reader's other pages what was read; past this many ids a page
@@ -188,10 +190,22 @@ def _validate(
             code="level",
             params={"level": level, "choices": ", ".join(Notification.Level.values)},
         )
-    if not isinstance(message, str) or not message.strip():
+    if not isinstance(message, str):
+        raise ValidationError(
+            "The message must be text, not %(kind)s.",
+            code="not_text",
+            params={"kind": type(message).__name__},
+        )
+    if not message.strip():
         raise ValidationError("The message is empty.", code="empty")
     if "\x00" in message:
         raise ValidationError("The message contains a NUL character.", code="nul")
+    if not _is_unicode_text(message):
+        raise ValidationError(
+            "The message contains a surrogate character (such as '\\ud800'), "
+            "which is not valid Unicode text.",
+            code="surrogate",
+        )
     max_length = conf.MAX_MESSAGE_LENGTH
     if len(message) > max_length:
         raise ValidationError(
@@ -214,24 +228,89 @@ def _validate(
             params={"event_type": event_type},
         )
     if payload is not None:
-        try:
-            size = (
-                len(json.dumps(payload, cls=DjangoJSONEncoder))
-                if isinstance(payload, dict)
-                else -1
-            )
-        except (TypeError, ValueError):
-            size = -1
-        if size < 0 or size > PAYLOAD_MAX_BYTES:
-            raise ValidationError(
-                "The payload must be a JSON object of at most %(max)d bytes.",
-                code="payload",
-                params={"max": PAYLOAD_MAX_BYTES},
-            )
+        _validate_payload(payload)
     if user is not None and user.pk is None:
         raise ValidationError("The user is not saved.", code="user")
     if visitor is not None and visitor.pk is None:
         raise ValidationError("The browser session is not saved.", code="visitor")
+
+
+def _is_unicode_text(text: str) -> bool:
+    # A str may hold surrogate code points that no database encoding accepts.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _validate_payload(payload: Any) -> None:
+    """Refuse a payload the JSONField or PostgreSQL's jsonb could not store."""
+    shape_error = ValidationError(
+        "The payload must be a JSON object of at most %(max)d bytes.",
+        code="payload",
+        params={"max": PAYLOAD_MAX_BYTES},
+    )
+    if not isinstance(payload, dict):
+        raise shape_error
+    # The plain encoder is what the JSONField stores with: a payload that only
+    # DjangoJSONEncoder could write (datetime, Decimal) would fail at insert.
+    try:
+        encoded = json.dumps(payload)
+    except (TypeError, ValueError, RecursionError):
+        raise shape_error from None
+    if len(encoded) > PAYLOAD_MAX_BYTES:
+        raise shape_error
+    # NaN and Infinity are not JSON: SQLite's JSON check and jsonb refuse them.
+    try:
+        json.dumps(payload, allow_nan=False)
+    except ValueError:
+        raise ValidationError(
+            "The payload contains NaN or Infinity, which JSON cannot carry.",
+            code="payload",
+        ) from None
+    strings, depth = _payload_strings(payload)
+    if depth > PAYLOAD_MAX_DEPTH:
+        raise ValidationError(
+            "The payload nests %(depth)d levels deep; the most is %(max)d.",
+            code="payload",
+            params={"depth": depth, "max": PAYLOAD_MAX_DEPTH},
+        )
+    for text in strings:
+        if "\x00" in text:
+            # jsonb refuses \u0000, so only PostgreSQL would notice this.
+            raise ValidationError(
+                "The payload contains a NUL character.", code="payload"
+            )
+        if not _is_unicode_text(text):
+            raise ValidationError(
+                "The payload contains a surrogate character (such as '\\ud800'), "
+                "which is not valid Unicode text.",
+                code="payload",
+            )
+
+
+def _payload_strings(payload: dict[str, Any]) -> tuple[list[str], int]:
+    """Every string of an encodable payload, keys included, and its depth.
+
+    A loop rather than recursion: a payload within the size limit can still
+    nest more deeply than Python's recursion limit.
+    """
+    strings: list[str] = []
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            deepest = max(deepest, depth)
+            strings.extend(key for key in value if isinstance(key, str))
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, (list, tuple)):
+            deepest = max(deepest, depth)
+            pending.extend((item, depth + 1) for item in value)
+    return strings, deepest
 
 
 def _next_seq(channel: str) -> int:

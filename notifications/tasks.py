@@ -100,9 +100,10 @@ def report_build(context: TaskContext, *, visitor_id: int) -> dict[str, Any]:
         raise
     total = figures[steps[0][0]]
     unread = figures[steps[1][0]]
+    noun = "notification" if total == 1 else "notifications"
     notification_send(
         visitor=visitor,
-        message=f"Your report is ready: {total} notifications, {unread} unread.",
+        message=f"Your report is ready: {total} {noun}, {unread} unread.",
         level=Notification.Level.SUCCESS,
         payload={"job": job, "total": total, "unread": unread},
     )

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import uuid
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 
@@ -72,6 +76,74 @@ class NotificationSendValidationTests(TestCase):
         self.assertRefused("payload", payload={"big": "x" * 9000})
         self.assertRefused("payload", payload={"bad": object()})
 
+    def test_message_that_is_not_text_is_refused(self):
+        error = self.assertRefused("not_text", message=123)
+        self.assertEqual(error.messages[0], "The message must be text, not int.")
+        self.assertRefused("not_text", message=None)
+
+    def test_message_with_a_lone_surrogate_is_refused(self):
+        for bad in ["\ud800", "a\udfffb", "\ud83d\ude00"]:
+            with self.subTest(message=bad):
+                error = self.assertRefused("surrogate", message=bad)
+                self.assertIn("not valid Unicode text", error.messages[0])
+
+    def test_payload_with_nan_or_infinity_is_refused(self):
+        for bad in [float("nan"), float("inf"), float("-inf")]:
+            with self.subTest(value=bad):
+                error = self.assertRefused("payload", payload={"n": [1, {"x": bad}]})
+                self.assertIn("NaN or Infinity", error.messages[0])
+
+    def test_payload_with_a_nul_character_is_refused(self):
+        for bad in [{"a\x00": 1}, {"a": "b\x00"}, {"a": [{"b": ["\x00"]}]}]:
+            with self.subTest(payload=bad):
+                error = self.assertRefused("payload", payload=bad)
+                self.assertIn("NUL character", error.messages[0])
+
+    def test_payload_with_a_lone_surrogate_is_refused(self):
+        for bad in [{"\ud800": 1}, {"a": "\udc00"}, {"a": ["ok", {"b": "x\ud800"}]}]:
+            with self.subTest(payload=bad):
+                error = self.assertRefused("payload", payload=bad)
+                self.assertIn("not valid Unicode text", error.messages[0])
+
+    def test_payload_the_field_cannot_store_is_refused(self):
+        for bad in [
+            {"when": datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)},
+            {"price": decimal.Decimal("1.50")},
+            {"id": uuid.uuid4()},
+            {"set": {1, 2}},
+        ]:
+            with self.subTest(payload=bad):
+                error = self.assertRefused("payload", payload=bad)
+                self.assertIn("must be a JSON object", error.messages[0])
+
+    def test_payload_nested_too_deeply_is_refused(self):
+        deep: list = []
+        for _ in range(2000):
+            deep = [deep]
+        error = self.assertRefused("payload", payload={"deep": deep})
+        self.assertEqual(
+            error.messages[0], "The payload nests 2002 levels deep; the most is 100."
+        )
+        self.assertRefused("payload", payload={"deep": self.nested(100)})
+
+    def test_payload_at_the_depth_limit_with_look_alike_text_is_stored(self):
+        # Escaped spellings of the refused characters are ordinary text.
+        text = "\\u0000 \\ud800 é 😀 NaN"
+        payload = {"text": text, "deep": self.nested(99)}
+        with self.captureOnCommitCallbacks(execute=True):
+            notification_send(message="hi", visitor=self.visitor, payload=payload)
+
+        self.assertEqual(Notification.objects.get().payload, payload)
+        self.assertEqual(len(self.recorder.events()), 1)
+
+    @staticmethod
+    def nested(levels: int) -> list:
+        """Lists inside lists, `levels` of them."""
+        value: list = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
     def test_exactly_one_audience_is_required(self):
         self.assertRefused("audience", visitor=None)
         self.assertRefused("audience", broadcast=True)
@@ -83,6 +155,16 @@ class NotificationSendValidationTests(TestCase):
         self.assertEqual(Notification.objects.get().message, "é" * 2000)
         self.assertEqual(len(self.recorder.events()), 1)
         self.assertEqual(notification.seq, 1)
+
+
+class NotifyCommandValidationTests(TestCase):
+    def test_undecodable_message_is_a_clean_command_error(self):
+        # A shell argument that is not UTF-8 reaches Python as lone surrogates.
+        with self.assertRaisesMessage(CommandError, "not valid Unicode text"):
+            call_command(
+                "notify", "--broadcast", b"caf\xe9".decode("utf-8", "surrogateescape")
+            )
+        self.assertFalse(Notification.objects.exists())
 
 
 class NotificationSendDeliveryTests(TestCase):

@@ -11,7 +11,11 @@ from django_tasks_db.models import DBTaskResult
 
 from notifications import tasks
 from notifications.models import Notification, Visitor
-from notifications.services import ReportLimitReached, report_job_enqueue
+from notifications.services import (
+    ReportLimitReached,
+    notification_send,
+    report_job_enqueue,
+)
 
 IMMEDIATE = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
 
@@ -39,6 +43,20 @@ class ReportJobTests(TestCase):
         self.assertEqual(rows[-1].event_type, "notification")
         self.assertEqual(rows[-1].payload["job"], job)
         self.assertIn("Your report is ready", rows[-1].message)
+
+    def test_success_message_counts_in_words_that_agree(self):
+        for existing, expected in [
+            (0, "Your report is ready: 0 notifications, 0 unread."),
+            (1, "Your report is ready: 1 notification, 1 unread."),
+            (2, "Your report is ready: 2 notifications, 2 unread."),
+        ]:
+            # Each report's own success notification would count in the next.
+            Notification.objects.all().delete()
+            for _ in range(existing):
+                notification_send(message="earlier", visitor=self.visitor)
+            with self.subTest(expected=expected):
+                report_job_enqueue(self.visitor)
+                self.assertEqual(self.sent()[-1].message, expected)
 
     def test_failed_step_sends_danger_saying_what_went_wrong(self):
         def broken():

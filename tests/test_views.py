@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
+from django.templatetags.static import static
 from django.test import Client, RequestFactory, TestCase
 
 from notifications.channelmanager import NotificationChannelManager
@@ -46,6 +48,19 @@ class IndexTests(TestCase):
         self.assertEqual(
             response.context["last_event_id"], f"broadcast:1,{visitor.channel}:1"
         )
+
+    def test_page_links_a_favicon_that_exists(self):
+        # Without the link, browsers ask for /favicon.ico and log its 404.
+        response = self.client.get("/")
+
+        href = static("notifications/favicon.svg")
+        self.assertContains(
+            response, f'<link rel="icon" href="{href}" type="image/svg+xml">', html=True
+        )
+        path = finders.find("notifications/favicon.svg")
+        self.assertIsNotNone(path)
+        with open(path, encoding="utf-8") as svg:
+            self.assertIn("<svg", svg.read())
 
 
 class ButtonTests(TestCase):
