@@ -89,13 +89,13 @@ test: lint pytest
 bench: install
 	$(BIN)/python -m bench.run --n 1000 --cross-count 1000 --out bench/results/quick.json
 
-# Full: N = 1,000, 3,000 and 10,000 (about fifteen minutes); not for CI.
+# Full: N = 1,000, 3,000 and 10,000 (about six minutes); not for CI.
 bench-full: install
 	$(BIN)/python -m bench.run --n 1000 --n 3000 --n 10000 --out bench/results/full.json
 
 # Scale-out: two product processes behind an nginx child process (Debian's
 # `nginx` package), 3,000 pages each, after one process alone at 3,000 for
-# comparison (about five minutes); not for CI. README, "Scaling out".
+# comparison (a minute or two); not for CI. README, "Scaling out".
 bench-scale: install
 	$(BIN)/python -m bench.run --scale-out --processes 2 --n-per-process 3000 --baseline --out bench/results/scale.json
 
