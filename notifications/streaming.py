@@ -656,7 +656,7 @@ async def event_stream(
                 events, reset, need_read = await _read_async(positions)
                 if reset:
                     at.update({channel: positions[channel] for channel in reset})
-                    body.append(_reset_frame(reset, at))
+                    body.append(_reset_frame(reset, at, reason="rows-gone"))
                 for event in events:
                     at[event.channel] = event.id
                     body.append(_event_frame(event, at))

@@ -147,7 +147,9 @@ class SqliteReplayTests(ReplayScenarios, TransactionTestCase):
         live = stream.next(timeout=5)
 
         token = session_token(alice)
-        self.assertEqual(reset.json()["channels"], [f"session-{token}"])
+        self.assertEqual(
+            reset.json(), {"channels": [f"session-{token}"], "reason": "rows-gone"}
+        )
         self.assertEqual(positions(reset.id)[f"session-{token}"], 3)
         self.assertEqual(session_seqs([live]), [4])
         self.assertEqual(stream.collect(wait=0.5), [])

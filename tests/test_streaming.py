@@ -174,7 +174,8 @@ class EventStreamTests(TransactionTestCase):
 
         self.assertEqual(reset["event"], "stream-reset")
         self.assertEqual(
-            json.loads(reset["data"]), {"channels": [self.visitor.channel]}
+            json.loads(reset["data"]),
+            {"channels": [self.visitor.channel], "reason": "rows-gone"},
         )
         self.assertEqual(reset["id"], f"broadcast:0,{self.visitor.channel}:3")
 
