@@ -336,7 +336,8 @@ class BrowserPageTests(BrowserTestCase):
 
         page.wait_for_selector('#report-progress .progress[aria-valuenow="60"]')
         self.assertEqual(
-            page.locator("#report-step").text_content(), "Crunching numbers"
+            page.locator("#report-progress .report-step").text_content(),
+            "Crunching numbers",
         )
         self.assertEqual(
             page.locator("#report-progress .progress-bar").get_attribute("style"),
@@ -345,6 +346,48 @@ class BrowserPageTests(BrowserTestCase):
         self.assertEqual(page.locator("#alerts .alert").count(), 0)
         self.assertEqual(self.unread(page), 0)
         self.screenshot(page, "page-progress-desktop")
+
+    def test_two_reports_at_once_get_a_bar_each_and_settle_each_their_own(self):
+        context = self.new_visitor()
+        page = self.open_page(context)
+        row = self.visitor_row(page)
+
+        def step(job, percent, name):
+            notification_send(
+                visitor=row,
+                message=f"Report: {name} ({percent}%)",
+                event_type="progress",
+                payload={"job": job, "percent": percent, "step": name},
+            )
+
+        step("job-a", 0, "queued")
+        step("job-b", 0, "queued")
+        step("job-a", 50, "Counting")
+        step("job-b", 25, "Grouping")
+        notification_send(
+            visitor=row,
+            message="Your report is ready: 3 notifications, 1 unread.",
+            level="success",
+            payload={"job": "job-a", "total": 3, "unread": 1},
+        )
+
+        self.alert(page, "Your report is ready").wait_for(timeout=WAIT_MS)
+        jobs = page.locator("#report-progress .report-job")
+        self.assertEqual(jobs.count(), 2)
+        first, second = jobs.nth(0), jobs.nth(1)
+        self.assertEqual(first.locator(".report-step").text_content(), "Done")
+        self.assertIn(
+            "bg-success", first.locator(".progress-bar").get_attribute("class")
+        )
+        self.assertEqual(second.locator(".report-step").text_content(), "Grouping")
+        self.assertEqual(
+            second.locator(".progress").get_attribute("aria-valuenow"), "25"
+        )
+        self.assertNotIn(
+            "bg-success", second.locator(".progress-bar").get_attribute("class")
+        )
+        page.wait_for_timeout(700)  # the bars' width transitions end
+        self.screenshot(page, "page-two-reports-desktop")
 
     def test_desktop_notice_is_asked_only_on_the_button_and_shown_when_hidden(self):
         context = self.new_visitor()
@@ -641,10 +684,14 @@ class BrowserReportTests(BrowserTestCase):
         page.evaluate(
             """() => {
               window.__percents = [];
-              const track = document.querySelector("#report-progress .progress");
-              new MutationObserver(() => {
-                window.__percents.push(Number(track.getAttribute("aria-valuenow")));
-              }).observe(track, { attributes: true, attributeFilter: ["aria-valuenow"] });
+              const bars = document.querySelector("#report-progress");
+              new MutationObserver((changes) => {
+                for (const change of changes) {
+                  window.__percents.push(Number(change.target.getAttribute("aria-valuenow")));
+                }
+              }).observe(bars, {
+                subtree: true, attributes: true, attributeFilter: ["aria-valuenow"],
+              });
             }"""
         )
         worker = db_worker(env={"NOTIFICATIONS_REPORT_STEP_SECONDS": "0.3"})
@@ -656,7 +703,9 @@ class BrowserReportTests(BrowserTestCase):
         alert.wait_for(timeout=30_000)
         self.assertIn("alert-success", alert.get_attribute("class"))
         page.wait_for_selector("#report-progress .progress-bar.bg-success")
-        self.assertEqual(page.locator("#report-step").text_content(), "Done")
+        self.assertEqual(
+            page.locator("#report-progress .report-step").text_content(), "Done"
+        )
         percents = page.evaluate("window.__percents")
         self.assertEqual(percents, sorted(percents))
         self.assertEqual(percents[-1], 100)

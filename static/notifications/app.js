@@ -308,51 +308,75 @@
     }
   }
 
-  // --- the report's progress bar ---------------------------------------
+  // --- the report's progress bars ----------------------------------------
+  // One bar per job (the events' `data.job`), so two reports started together
+  // do not pull one bar back and forth. Settled bars beyond the last few go.
   const progress = document.getElementById("report-progress");
-  let currentJob = null;
+  const jobTemplate = document.getElementById("report-job-template");
+  const jobRows = new Map();
+  const SETTLED_KEPT = 2;
+
+  function jobRow(job) {
+    const key = String(job ?? "");
+    let row = jobRows.get(key);
+    if (!row) {
+      row = jobTemplate.content.firstElementChild.cloneNode(true);
+      jobRows.set(key, row);
+      progress.append(row);
+      progress.hidden = false;
+      const settled = [...jobRows].filter(([, each]) => each.dataset.settled);
+      for (const [oldKey, oldRow] of settled.slice(0, -SETTLED_KEPT)) {
+        oldRow.remove();
+        jobRows.delete(oldKey);
+      }
+    }
+    return row;
+  }
+
+  function setBar(row, percent, step, settled) {
+    const bar = row.querySelector(".progress-bar");
+    const track = row.querySelector(".progress");
+    bar.style.width = `${percent}%`;
+    bar.classList.toggle("progress-bar-animated", !settled && percent < 100);
+    bar.classList.toggle("progress-bar-striped", !settled && percent < 100);
+    track.setAttribute("aria-valuenow", String(percent));
+    track.setAttribute("aria-valuetext", `${percent}%, ${step}`);
+    row.querySelector(".report-percent").textContent = `${percent}%`;
+    row.querySelector(".report-step").textContent = step;
+  }
 
   function showProgress(update) {
-    if (!progress || !update) return;
+    if (!progress || !jobTemplate || !update) return;
+    const row = jobRow(update.job);
+    if (row.dataset.settled) return; // a late step after the job's result
     const percent = Math.max(0, Math.min(100, Number(update.percent) || 0));
-    currentJob = update.job ?? currentJob;
-    progress.hidden = false;
-    const bar = progress.querySelector(".progress-bar");
-    const track = progress.querySelector(".progress");
-    bar.style.width = `${percent}%`;
+    const bar = row.querySelector(".progress-bar");
     bar.classList.remove("bg-success", "bg-danger");
-    bar.classList.toggle("progress-bar-animated", percent < 100);
-    bar.classList.toggle("progress-bar-striped", percent < 100);
-    track.setAttribute("aria-valuenow", String(percent));
-    track.setAttribute("aria-valuetext", `${percent}%${update.step ? `, ${update.step}` : ""}`);
-    document.getElementById("report-percent").textContent = `${percent}%`;
-    document.getElementById("report-step").textContent = update.step || "Working";
+    setBar(row, percent, update.step || "Working", false);
     if (percent >= 100) bar.classList.add("bg-success");
   }
 
   function finishProgress(notification) {
-    // The job's last word is an ordinary notification; it also settles the bar.
-    const job = notification.data?.job;
-    if (!progress || progress.hidden || (job && currentJob && job !== currentJob)) return;
+    // The job's last word is an ordinary notification; it also settles its bar.
     if (notification.type !== "success" && notification.type !== "danger") return;
-    const bar = progress.querySelector(".progress-bar");
-    bar.classList.remove("progress-bar-animated", "progress-bar-striped");
-    bar.classList.add(notification.type === "success" ? "bg-success" : "bg-danger");
-    if (notification.type === "success") {
-      bar.style.width = "100%";
-      progress.querySelector(".progress").setAttribute("aria-valuenow", "100");
-      document.getElementById("report-percent").textContent = "100%";
-    }
-    document.getElementById("report-step").textContent =
-      notification.type === "success" ? "Done" : "Failed";
+    const job = notification.data?.job;
+    const row = job === undefined || job === null ? undefined : jobRows.get(String(job));
+    if (!row) return;
+    const ok = notification.type === "success";
+    const bar = row.querySelector(".progress-bar");
+    const track = row.querySelector(".progress");
+    const percent = ok ? 100 : Number(track.getAttribute("aria-valuenow"));
+    bar.classList.remove("bg-success", "bg-danger");
+    bar.classList.add(ok ? "bg-success" : "bg-danger");
+    row.dataset.settled = ok ? "done" : "failed";
+    setBar(row, percent, ok ? "Done" : "Failed", true);
   }
 
   const reportForm = document.getElementById("report-form");
   if (reportForm) {
     reportForm.addEventListener("submit", async (event) => {
       event.preventDefault();
-      showProgress({ percent: 0, step: "Queued" });
-      currentJob = null;
+      // The job's bar appears with its "queued" event, sent as it is queued.
       try {
         await post(reportForm.action);
       } catch (error) {
