@@ -102,6 +102,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for name, low, inclusive in (
         ("POLL_INTERVAL", 0.0, False),
         ("REPORT_STEP_SECONDS", 0.0, True),
+        ("STREAM_STALL_SECONDS", 0.0, False),
     ):
         value = getattr(conf, name)
         number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     # Threads shared by all open event streams of a process for their short
     # database reads (notifications.streaming); not one thread per stream.
     "NOTIFICATIONS_STREAM_THREADS": 4,
+    # Seconds a page may leave its socket undrained (the server holding what
+    # it was sent) before its connection is dropped; it reconnects and resumes.
+    "NOTIFICATIONS_STREAM_STALL_SECONDS": 30.0,
     # Seconds the report job pauses after each step, so its progress shows.
     "NOTIFICATIONS_REPORT_STEP_SECONDS": 1.0,
     # Most report jobs one browser session may start in a minute (0: no limit),

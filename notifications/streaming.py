@@ -41,6 +41,7 @@ streams the response from the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -65,6 +66,8 @@ from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
 from django_eventstream.views import MAX_PENDING, get_listener_manager
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from .conf import conf
 from .listener import get_listener
@@ -175,13 +178,30 @@ class StreamHandler(ASGIHandler):
         # the minutes a stream lasts: an open page should cost little memory.
         # Each part is one short batch of frames, sent as one message.
         await send(_response_start(response))
+        request = None
         if isinstance(response, EventStreamResponse):
             response.page.send = send
-        async with aclosing(aiter(response)) as content:
-            async for part in content:
-                await send(
-                    {"type": "http.response.body", "body": part, "more_body": True}
+            request = _server_request(send)
+            if request is not None and request.producer is None:
+                page = response.page
+                request.registerProducer(
+                    _Backpressure(page, asyncio.get_running_loop()), True
                 )
+                page.abort = request.transport.abortConnection
+            else:
+                request = None
+        try:
+            async with aclosing(aiter(response)) as content:
+                async for part in content:
+                    await send(
+                        {"type": "http.response.body", "body": part, "more_body": True}
+                    )
+        finally:
+            if request is not None:
+                # Twisted logs an error for a request finished with a producer
+                # still registered; a lost connection has let go of it already.
+                with contextlib.suppress(Exception):
+                    request.unregisterProducer()
         await send({"type": "http.response.body"})
 
 
@@ -300,12 +320,65 @@ def queue_for_streams(channel: str, event: Any) -> None:
 
 
 class Page:
-    """What the fan-out may write to directly: set once the headers are out."""
+    """What the fan-out may write to directly: set once the headers are out.
 
-    __slots__ = ("send",)
+    `stalled_since` is the loop's clock when the server last said the page's
+    socket stopped draining (None while it drains), and `abort` drops its
+    connection; both come from `_Backpressure`, where the server offers them.
+    """
+
+    __slots__ = ("send", "stalled_since", "abort")
 
     def __init__(self) -> None:
         self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self.stalled_since: float | None = None
+        self.abort: Callable[[], None] | None = None
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Hears from Twisted when a page's socket stops draining, and again when it does.
+
+    Daphne's ASGI `send` never waits: whatever is written to a page that does
+    not read piles up in the process's memory for as long as the connection
+    lives. Registered as the producer of Daphne's request (a Twisted HTTP
+    request), this is paused once the socket's kernel buffer is full and 64 KB
+    more are queued, and resumed when that drains. The sweeper drops a page
+    that stays paused for `NOTIFICATIONS_STREAM_STALL_SECONDS`; the browser
+    reconnects and gets what it missed from the table.
+    """
+
+    __slots__ = ("page", "loop")
+
+    def __init__(self, page: Page, loop: asyncio.AbstractEventLoop) -> None:
+        self.page = page
+        self.loop = loop
+
+    def pauseProducing(self) -> None:
+        if self.page.stalled_since is None:
+            self.page.stalled_since = self.loop.time()
+
+    def resumeProducing(self) -> None:
+        self.page.stalled_since = None
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _server_request(send: Any) -> Any:
+    """Return Daphne's Twisted request behind an ASGI `send`, or None.
+
+    Daphne's `send` is `partial(server.handle_reply, request)`. Under another
+    server (or a test calling the app directly) there is none, and pages go
+    without the stall guard.
+    """
+    request = (
+        send.args[0] if isinstance(send, functools.partial) and send.args else None
+    )
+    transport = getattr(request, "transport", None)
+    if hasattr(request, "registerProducer") and hasattr(transport, "abortConnection"):
+        return request
+    return None
 
 
 class EventStreamResponse(StreamingHttpResponse):
@@ -533,15 +606,41 @@ async def _sweep(loop: asyncio.AbstractEventLoop, pages: set[Any]) -> None:
     try:
         while pages:
             await asyncio.sleep(KEEP_ALIVE_CHECK_SECONDS)
-            due = loop.time() - KEEP_ALIVE_SECONDS
-            for page in pages:
-                if page.last_write <= due:
+            now = loop.time()
+            due = now - KEEP_ALIVE_SECONDS
+            stalled_before = now - float(conf.STREAM_STALL_SECONDS)
+            for page in list(pages):
+                held = page.page
+                if (
+                    held is not None
+                    and held.stalled_since is not None
+                    and held.stalled_since <= stalled_before
+                    and held.abort is not None
+                ):
+                    _drop_stalled(page, held)
+                elif page.last_write <= due:
                     page.keep_alive_due = True
                     page.aevent.set()
     finally:
         # Ends with the loop's last page; the next page starts a new sweeper.
         if _open_pages.get(loop) is pages:
             del _open_pages[loop]
+
+
+def _drop_stalled(listener: Any, page: Page) -> None:
+    # The connection goes at once, with what it had queued: closing it cleanly
+    # would wait for a client that does not read. Its stream ends on the
+    # server's disconnect message; the browser resumes from its last event id.
+    logger.warning(
+        "stream: a page read nothing for %.0f s; dropping its connection",
+        listener.loop.time() - page.stalled_since,
+    )
+    abort, page.abort = page.abort, None
+    page.stalled_since = None
+    try:
+        abort()
+    except Exception:
+        logger.exception("stream: dropping a stalled page failed")
 
 
 def _read(positions: Positions) -> tuple[list[Event], list[str], bool]:

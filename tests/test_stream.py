@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
+
 from django.contrib.auth import get_user_model
 from django.test import TransactionTestCase
 
 from notifications.models import Notification
+from notifications.models import Visitor as VisitorRow
+from notifications.services import notification_send
 
 from .utils import DaphneServer, Visitor, session_token
 
@@ -258,3 +264,54 @@ class DeadDatabaseStreamTests(TransactionTestCase):
             self.assertEqual(response.status_code, 500)
         self.assertIn("unable to open database file", self.server.log())
         self.assertIsNone(self.server.process.poll())
+
+
+class StalledPageTests(TransactionTestCase):
+    """A page that stops reading is dropped, not buffered for without end."""
+
+    def test_a_page_that_reads_nothing_is_dropped_and_others_stay(self):
+        server = DaphneServer(env={"NOTIFICATIONS_STREAM_STALL_SECONDS": "1"}).start()
+        self.addCleanup(server.stop)
+        flooded, other = Visitor(server.url), Visitor(server.url)
+        for browser in (flooded, other):
+            self.addCleanup(browser.close)
+            browser.open_page()
+        other_stream = other.listen()
+        other_stream.next("stream-open")
+        # The flooded session's page, on a socket with a small receive buffer
+        # that the client never reads.
+        stalled = socket.socket()
+        self.addCleanup(stalled.close)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", server.port))
+        cookies = "; ".join(f"{k}={v}" for k, v in flooded.client.cookies.items())
+        stalled.sendall(
+            f"GET /notifications/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Cookie: {cookies}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        time.sleep(0.5)
+
+        # About 7 MB: more than the kernel buffers of a loopback socket hold
+        # (4 MB at most here), so the rest would wait in the server's memory.
+        visitor = VisitorRow.objects.get(token=session_token(flooded))
+        for index in range(1000):
+            notification_send(
+                visitor=visitor, message=f"big {index}", payload={"pad": "x" * 7000}
+            )
+
+        deadline = time.monotonic() + 30
+        while "dropping its connection" not in server.log():
+            self.assertLess(time.monotonic(), deadline, "the stalled page stayed")
+            time.sleep(0.2)
+        # The client finds its connection gone once it reads again.
+        stalled.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while stalled.recv(1 << 20):
+                pass
+        # Only that page went: another session's page still gets its events.
+        notification_send(
+            visitor=VisitorRow.objects.get(token=session_token(other)),
+            message="still here",
+        )
+        self.assertEqual(other_stream.next(timeout=5).json()["message"], "still here")
+        self.assertEqual(server.log().count("dropping its connection"), 1)
