@@ -709,7 +709,11 @@ async def event_stream(
         if current is None:
             yield NO_SESSION_FRAMES
             return
-        if reset_reason:
+        if reset_reason == "other-channels":
+            # Expected: a page that reconnects after its session logged in or
+            # out elsewhere, before it reloads.
+            logger.info("stream: Last-Event-ID of other channels; reset")
+        elif reset_reason:
             logger.warning("stream: unusable Last-Event-ID (%s)", reset_reason)
         # A page that resumes where its channels stand (an idle reconnect)
         # needs no read; any other position is read from.
@@ -737,7 +741,12 @@ async def event_stream(
                 listener.keep_alive_due = False
                 listener.aevent.clear()
             body: list[str] = []
-            sent: list[Event] = []
+            # After a login or a logout, a session's end or its user's, the
+            # stream's channels are stale: it ends with that session-changed
+            # event, and nothing after it goes out (the user's next
+            # notification is not for this page any more). The browser
+            # reconnects with the session as it is now.
+            ended = False
             need_read = need_read or overflow
             for channel, items in queued.items():
                 for event in items:
@@ -748,8 +757,12 @@ async def event_stream(
                         break
                     positions[channel] = event.id
                     body.append(_event_frame(event, positions))
-                    sent.append(event)
-            if need_read:
+                    if event.type == SESSION_CHANGED:
+                        ended = True
+                        break
+                if ended:
+                    break
+            if need_read and not ended:
                 # Each frame's id is the position right after its own event.
                 at = dict(positions)
                 events, reset, need_read = await _read_async(positions)
@@ -759,7 +772,9 @@ async def event_stream(
                 for event in events:
                     at[event.channel] = event.id
                     body.append(_event_frame(event, at))
-                sent += events
+                    if event.type == SESSION_CHANGED:
+                        ended = True
+                        break
             if error:
                 body.append(
                     sse_encode_error(
@@ -772,10 +787,7 @@ async def event_stream(
             elif keep_alive:
                 yield KEEP_ALIVE
                 listener.last_write = loop.time()
-            # After a login or a logout (or the session's deletion) the
-            # stream's channels are stale: it ends, and the browser
-            # reconnects with the session as it is now.
-            if error or any(event.type == SESSION_CHANGED for event in sent):
+            if error or ended:
                 return
             if not need_read:
                 listener.idle = True

@@ -91,6 +91,8 @@ class StreamReader:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self._loop.is_closed():
+            return  # the stream ended by itself
         self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(5)
 
@@ -162,6 +164,25 @@ class EventStreamTests(TransactionTestCase):
             messages(reader.notifications(3)), ["missed 1", "missed 2", "live"]
         )
         self.assertEqual(reader.quiet(), [])
+
+    def test_a_read_stops_at_session_changed_and_sends_nothing_after_it(self):
+        from notifications.services import visitor_session_changed
+
+        self.send_unpushed("before")
+        with mock.patch.object(transport, "publish"):
+            visitor_session_changed(self.visitor, user=None, reason="login")
+        self.send_unpushed("after")
+
+        reader = self.reader(positions={"broadcast": 0, self.visitor.channel: 0})
+        events = []
+        deadline = time.monotonic() + 5
+        while "session-changed" not in events and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                events.append(reader.frames.get(timeout=0.1)["event"])
+        later = reader.quiet(wait=0.5)
+
+        self.assertEqual(events, ["stream-open", "notification", "session-changed"])
+        self.assertEqual(later, [])
 
     def test_resume_across_a_trimmed_row_resets_that_channel(self):
         self.send_unpushed("a", "b", "c")

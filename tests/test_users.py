@@ -6,6 +6,7 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.test import TransactionTestCase
 from django.utils.module_loading import import_string
 
@@ -299,6 +300,19 @@ class SignInChangeTests(TransactionTestCase):
                     self.assert_no_carol(browser)
                     self.carol.is_active = True
                     self.carol.save()
+
+    def test_nothing_sent_after_the_session_changed_event_reaches_the_page(self):
+        browser = self.browser("carol")
+        stream = self.open_stream(browser)
+
+        # One commit: both reach the stream in the same batch.
+        with transaction.atomic():
+            self.carol.is_active = False
+            self.carol.save()
+            notification_send(user=self.carol, message="SECRET after deactivation")
+
+        self.assert_ended(stream, "deactivated")
+        self.assertNotIn(b"SECRET", bytes(stream.raw))
 
     def test_deleting_a_session_ends_its_streams_and_its_visitor(self):
         browser = self.browser("carol")

@@ -526,12 +526,18 @@
   const position = JSON.parse(document.getElementById("last-event-id").textContent);
 
   let connection = null;
+  let sessionEnded = false;
   if (typeof window.EventSource === "function") {
     connection = window.notifysiteConnection.start({
       streamUrl: config.streamUrl,
       position,
       eventTypes: Object.keys(handlers),
-      onEvent: (type, data, meta) => (handlers[type] || tabHandlers[type])?.(data, meta),
+      onEvent: (type, data, meta) => {
+        // Nothing after a session-changed is for this page: it reloads.
+        if (sessionEnded) return;
+        if (type === "session-changed") sessionEnded = true;
+        (handlers[type] || tabHandlers[type])?.(data, meta);
+      },
       onState: showState,
     });
   } else {

@@ -99,6 +99,9 @@
     let retryTimer = null;
     let catchUpUntil = 0;
     let everOpened = false;
+    // Set by session-changed: the stream's channels are stale and the page
+    // reloads; reconnecting with the old position first would only be refused.
+    let ended = false;
     const recent = []; // the leader's last events, for tabs that join late
 
     function remember(entry) {
@@ -124,7 +127,11 @@
         position = type === "stream-reset" ? next : { ...position, ...moved };
       }
       const meta = { id: event.lastEventId || "", missed: performance.now() < catchUpUntil };
-      if (type === "stream-error") {
+      if (type === "session-changed") {
+        ended = true;
+        closeSource();
+        clearTimeout(retryTimer);
+      } else if (type === "stream-error") {
         closeSource();
         scheduleRetry();
       }
@@ -158,6 +165,7 @@
     function connect() {
       clearTimeout(retryTimer);
       retryTimer = null;
+      if (ended) return;
       closeSource();
       const from = formatPosition(position);
       // A new EventSource sends no Last-Event-ID header; the view takes the
@@ -195,7 +203,7 @@
     }
 
     function scheduleRetry() {
-      if (retryTimer !== null) return;
+      if (retryTimer !== null || ended) return;
       attempt += 1;
       setState(attempt >= OFFLINE_AFTER || navigator.onLine === false ? "offline" : "reconnecting");
       retryTimer = setTimeout(connect, backoff(attempt - 1));
