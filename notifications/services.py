@@ -16,12 +16,13 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 from django.utils import timezone
 
 from . import transport
-from .channels import user_channel
+from .channels import SESSION_PREFIX, user_channel
 from .conf import conf
 from .models import (
     BroadcastReceipt,
@@ -575,7 +576,22 @@ def notifications_trim(*, now: datetime | None = None, batch_size: int = 1000) -
                     batch,
                 )
         deleted += len(batch)
-    logger.info("trimmed %s expired notifications", deleted)
+    # The counters of ended sessions whose last rows are gone: nothing is sent
+    # on those channels again, and one row per session ever would pile up.
+    # (A session's counter stays while its closing event does, so a stream
+    # that resumes meanwhile still finds its number.)
+    ended = ChannelSequence.objects.filter(channel__startswith=SESSION_PREFIX).filter(
+        ~Exists(Notification.objects.filter(channel=OuterRef("channel"))),
+        ~Exists(
+            Visitor.objects.filter(
+                token=Substr(OuterRef("channel"), len(SESSION_PREFIX) + 1)
+            )
+        ),
+    )
+    counters, _ = ended.delete()
+    logger.info(
+        "trimmed %s expired notifications, %s ended channels", deleted, counters
+    )
     return deleted
 
 

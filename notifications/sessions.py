@@ -6,22 +6,25 @@ cost of a connect. This store reads the same row of the same table with the
 same condition (the key, not expired) as one parameterised SELECT; writing and
 expiring sessions stay Django's own.
 
-Deleting a session ends its browser session (`Visitor`) too, and so its open
-streams, unless the data lives on under a new key: `cycle_key` (a login)
-deletes the old row after copying the data; `flush` (a logout, or a login as
-someone else over a signed-in session) and a direct `delete` end it.
+Deleting a session row ends its browser session (`Visitor`) too, and so its
+open streams (signals.py), however it is deleted (`flush` at a logout or at a
+login as someone else, `SessionStore.delete`, a queryset or the admin,
+`clearsessions`), except for the old row of `cycle_key` (a login), whose data
+lives on under the new key.
 """
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 from django.contrib.sessions.backends import db
 from django.db import connections, router
 from django.utils import timezone
 
-from .models import Visitor
-from .selectors import SESSION_TOKEN_KEY
+_cycling: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "notifications_session_cycling", default=False
+)
 
 
 class SessionStore(db.SessionStore):
@@ -43,20 +46,16 @@ class SessionStore(db.SessionStore):
             return {}
         return self.decode(row[0])
 
-    def delete(self, session_key: str | None = None) -> None:
-        key = session_key if session_key is not None else self.session_key
-        ended = self._token_of(key) if key else None
-        super().delete(session_key)
-        kept = (getattr(self, "_session_cache", None) or {}).get(SESSION_TOKEN_KEY)
-        if ended and ended != kept:
-            # Deleting the Visitor closes its streams (signals.py).
-            Visitor.objects.filter(token=ended).delete()
+    def cycle_key(self) -> None:
+        # Django copies the data under a new key and deletes the old row: the
+        # browser session lives on, so that deletion must not end it.
+        token = _cycling.set(True)
+        try:
+            super().cycle_key()
+        finally:
+            _cycling.reset(token)
 
-    def _token_of(self, session_key: str) -> str | None:
-        data = (
-            self.model.objects.filter(session_key=session_key)
-            .values_list("session_data", flat=True)
-            .first()
-        )
-        # decode() gives {} for data that does not verify.
-        return self.decode(data).get(SESSION_TOKEN_KEY) if data is not None else None
+
+def session_cycling() -> bool:
+    """Whether the Session row being deleted now is a key cycle's old row."""
+    return _cycling.get()

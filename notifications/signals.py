@@ -6,10 +6,11 @@ flushes the session, token included. Either way the session's open streams
 are told with a `session-changed` event, on which they close (any process
 holding one hears it through the transport) and the page reloads.
 
-A session that ends (logout, a login as someone else over it, a deleted
-session: notifications.sessions; clearsessions: below) takes its visitor and
-its notifications with it, and one event left on its channel closes its
-streams. `notifications_trim` removes visitors unseen for longer than
+A session that ends (logout, a login as someone else over it, its row deleted
+in any way, clearsessions) takes its visitor and its notifications with it,
+and one event left on its channel closes its streams; only a login's key
+cycle deletes a row whose session lives on (notifications.sessions).
+`notifications_trim` removes visitors unseen for longer than
 SESSION_COOKIE_AGE, whatever the session backend. A token is random and never
 reused, so no later visitor can receive a row of an ended session.
 
@@ -28,11 +29,11 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.contrib.sessions.models import Session
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
-from django.utils import timezone
 
 from .models import Visitor
 from .selectors import SESSION_TOKEN_KEY, visitor_for_request
 from .services import user_streams_close, visitor_session_changed, visitor_streams_close
+from .sessions import session_cycling
 
 # The user fields whose change can take a user away from sessions that did
 # not log out: a new password fails the other sessions' hash check, and an
@@ -56,13 +57,12 @@ def detach_user_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -
 
 
 @receiver(post_delete, sender=Session, dispatch_uid="notifications_session_deleted")
-def forget_visitor_of_expired_session(
+def forget_visitor_of_ended_session(
     sender: Any, instance: Session, **kwargs: Any
 ) -> None:
-    # clearsessions deletes expired sessions; their visitors go with them. A
-    # session deleted before it expired is a login cycling its key (the data,
-    # token included, lives on under the new key) or a logout (handled above).
-    if instance.expire_date >= timezone.now():
+    # Any deleted session ends its browser session, but the old row of a key
+    # cycle (a login), whose data, token included, lives on under the new key.
+    if session_cycling():
         return
     try:
         token = instance.get_decoded().get(SESSION_TOKEN_KEY)

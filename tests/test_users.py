@@ -14,7 +14,7 @@ from notifications.models import Notification
 from notifications.models import Visitor as VisitorRow
 from notifications.services import notification_send
 
-from .utils import DaphneServer, Visitor
+from .utils import DaphneServer, Visitor, session_token
 
 
 class LiveUserTests(TransactionTestCase):
@@ -315,15 +315,25 @@ class SignInChangeTests(TransactionTestCase):
         self.assertNotIn(b"SECRET", bytes(stream.raw))
 
     def test_deleting_a_session_ends_its_streams_and_its_visitor(self):
-        browser = self.browser("carol")
-        stream = self.open_stream(browser)
-        token = VisitorRow.objects.get(user=self.carol).token
+        from django.contrib.sessions.models import Session
 
         SessionStore = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
-        SessionStore(browser.session_key).delete()
+        ways = {
+            "the session store": lambda key: SessionStore(key).delete(),
+            "a queryset (the admin, a script)": lambda key: Session.objects.filter(
+                session_key=key
+            ).delete(),
+        }
+        for way, delete in ways.items():
+            with self.subTest(way=way):
+                browser = self.browser("carol")
+                stream = self.open_stream(browser)
+                token = session_token(browser)
 
-        self.assert_ended(stream, "ended")
-        self.assertFalse(VisitorRow.objects.filter(token=token).exists())
+                delete(browser.session_key)
+
+                self.assert_ended(stream, "ended")
+                self.assertFalse(VisitorRow.objects.filter(token=token).exists())
 
     def test_signing_in_elsewhere_or_other_saves_keep_the_streams(self):
         laptop = self.browser("carol")
