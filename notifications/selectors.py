@@ -113,7 +113,9 @@ def notifications_unread(
     A page sees its session's and its user's rows, and broadcasts sent since
     the session (or the user) first appeared that this reader has not dismissed.
     """
-    audience = Q(visitor__isnull=True, user__isnull=True)
+    # By channel, not by empty audience columns: the closing event of an ended
+    # session or user has neither, and is nobody's to read.
+    audience = Q(channel=BROADCAST)
     since = visitor.first_seen if visitor is not None else None
     if user is not None and getattr(user, "date_joined", None):
         since = min(since, user.date_joined) if since else user.date_joined
@@ -150,7 +152,9 @@ def notification_for_reader(
     A reader owns its session's rows, its user's rows and broadcasts; another
     session's or user's row is treated as if it did not exist.
     """
-    audience = Q(visitor__isnull=True, user__isnull=True)
+    # By channel, not by empty audience columns: the closing event of an ended
+    # session or user has neither, and is nobody's to read.
+    audience = Q(channel=BROADCAST)
     if visitor is not None:
         audience |= Q(visitor=visitor)
     if user is not None:

@@ -7,7 +7,7 @@ from django.test import Client, TestCase, override_settings
 
 from notifications.models import BroadcastReceipt, Notification, Visitor
 from notifications.selectors import SESSION_TOKEN_KEY, notifications_unread
-from notifications.services import notification_send
+from notifications.services import notification_send, visitor_streams_close
 
 
 class InboxTestCase(TestCase):
@@ -87,6 +87,23 @@ class MarkReadTests(InboxTestCase):
         self.assertEqual(response.status_code, 404)
         theirs.refresh_from_db()
         self.assertIsNone(theirs.read_at)
+
+    def test_closing_events_of_ended_sessions_and_users_are_404(self):
+        from notifications.services import user_streams_close
+
+        someone = get_user_model().objects.create_user("someone")
+        closing = [
+            user_streams_close(someone.pk, reason="deactivated"),
+            visitor_streams_close(self.other),
+        ]
+
+        for row in closing:
+            with self.subTest(channel=row.channel):
+                response = self.post(f"/notifications/{row.pk}/read/")
+                self.assertEqual(response.status_code, 404)
+                row.refresh_from_db()
+                self.assertIsNone(row.read_at)
+        self.assertFalse(BroadcastReceipt.objects.exists())
 
     def test_unknown_and_out_of_range_ids_are_404(self):
         for pk in (999999, 2**63, 10**30):
