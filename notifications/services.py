@@ -437,14 +437,22 @@ def report_job_enqueue(visitor: Visitor) -> str:
         logger.info(
             "report refused for browser session %s: %d this minute", visitor.pk, started
         )
-        notification_send(
-            visitor=visitor,
-            message=(
-                f"Too many reports at once (at most {limit} a minute): "
-                "wait a moment before starting another."
-            ),
-            level=Notification.Level.WARNING,
-        )
+        # Said once a minute: every refused press of a held-down button would
+        # otherwise stack another warning in the inbox.
+        since = timezone.now() - timedelta(seconds=ReportLimitReached.retry_after)
+        told = Notification.objects.filter(
+            visitor=visitor, created_at__gte=since, payload__refused="report"
+        ).exists()
+        if not told:
+            notification_send(
+                visitor=visitor,
+                message=(
+                    f"Too many reports at once (at most {limit} a minute): "
+                    "wait a moment before starting another."
+                ),
+                level=Notification.Level.WARNING,
+                payload={"refused": "report"},
+            )
         raise ReportLimitReached
     logger.info("report job %s queued for browser session %s", result.id, visitor.pk)
     return str(result.id)

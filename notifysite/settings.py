@@ -41,6 +41,18 @@ def env_float(name: str, default: float) -> float:
         ) from None
 
 
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number, not {value!r}"
+        ) from None
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [
         item.strip()
@@ -203,6 +215,7 @@ NOTIFICATIONS_REPORT_STEP_SECONDS = env_float("NOTIFICATIONS_REPORT_STEP_SECONDS
 NOTIFICATIONS_STREAM_STALL_SECONDS = env_float(
     "NOTIFICATIONS_STREAM_STALL_SECONDS", 30.0
 )
+NOTIFICATIONS_REPORTS_PER_MINUTE = env_int("NOTIFICATIONS_REPORTS_PER_MINUTE", 5)
 
 _LOG_LEVEL = os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO").upper()
 if _LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

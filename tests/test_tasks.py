@@ -123,6 +123,9 @@ class ReportLimitTests(TestCase):
         self.assertEqual(
             Notification.objects.filter(visitor=self.visitor).count(), queued + 1
         )
+        # A held-down button: refused again, and not told again this minute.
+        with self.assertRaises(ReportLimitReached):
+            report_job_enqueue(self.visitor)
         [warning] = self.warnings()
         self.assertEqual(warning.event_type, "notification")
         self.assertIn("Too many reports at once (at most 2 a minute)", warning.message)
