@@ -171,3 +171,20 @@ class StreamPathTests(TestCase):
         ]:
             with self.subTest(path=path):
                 self.assertEqual(self.client.get(path).status_code, 404)
+
+
+class PasswordChangeTests(TestCase):
+    def test_the_page_is_the_sites_own_and_linked_from_the_navbar(self):
+        get_user_model().objects.create_user("erin", password="pw-for-tests-1")
+        self.client.login(username="erin", password="pw-for-tests-1")
+
+        home = self.client.get("/")
+        page = self.client.get("/accounts/password_change/")
+
+        self.assertContains(home, 'href="/accounts/password_change/"')
+        self.assertContains(page, "Change password")
+        self.assertNotContains(page, "Django administration")
+        self.assertTemplateUsed(page, "base.html")
+
+    def test_password_reset_is_not_offered(self):
+        self.assertEqual(self.client.get("/accounts/password_reset/").status_code, 404)
