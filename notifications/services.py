@@ -179,11 +179,23 @@ def _validate(
     payload: dict[str, Any] | None,
     system: bool,
 ) -> None:
-    audiences = sum([visitor is not None, user is not None, bool(broadcast)])
-    if audiences != 1:
+    audiences = sum([visitor is not None, user is not None, broadcast is True])
+    if audiences != 1 or broadcast not in (True, False):
         raise ValidationError(
             "Choose exactly one audience: a browser session, a user, or broadcast.",
             code="audience",
+        )
+    if visitor is not None and not isinstance(visitor, Visitor):
+        raise ValidationError(
+            "visitor must be a Visitor (a browser session), not %(kind)s.",
+            code="audience",
+            params={"kind": type(visitor).__name__},
+        )
+    if user is not None and not isinstance(user, AbstractBaseUser):
+        raise ValidationError(
+            "user must be a user instance, not %(kind)s.",
+            code="audience",
+            params={"kind": type(user).__name__},
         )
     if level not in Notification.Level.values:
         raise ValidationError(
@@ -258,8 +270,13 @@ def _validate_payload(payload: Any) -> None:
     # DjangoJSONEncoder could write (datetime, Decimal) would fail at insert.
     try:
         encoded = json.dumps(payload)
-    except (TypeError, ValueError, RecursionError):
-        raise shape_error from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(
+            "The payload must hold only JSON values (text, numbers, true, false, "
+            "null, lists and objects): %(problem)s.",
+            code="payload",
+            params={"problem": str(exc)[:200]},
+        ) from None
     if len(encoded) > PAYLOAD_MAX_BYTES:
         raise shape_error
     # NaN and Infinity are not JSON: SQLite's JSON check and jsonb refuse them.

@@ -114,7 +114,7 @@ class NotificationSendValidationTests(TestCase):
         ]:
             with self.subTest(payload=bad):
                 error = self.assertRefused("payload", payload=bad)
-                self.assertIn("must be a JSON object", error.messages[0])
+                self.assertIn("must hold only JSON values", error.messages[0])
 
     def test_payload_nested_too_deeply_is_refused(self):
         deep: list = []
@@ -147,6 +147,16 @@ class NotificationSendValidationTests(TestCase):
     def test_exactly_one_audience_is_required(self):
         self.assertRefused("audience", visitor=None)
         self.assertRefused("audience", broadcast=True)
+
+    def test_an_audience_of_the_wrong_kind_is_refused(self):
+        user = get_user_model().objects.create_user("kim")
+        for wrong in [
+            {"visitor": None, "user": user.pk},
+            {"visitor": user},
+            {"visitor": None, "broadcast": "yes"},
+        ]:
+            with self.subTest(audience=wrong):
+                self.assertRefused("audience", **wrong)
 
     def test_message_at_the_limit_is_accepted(self):
         with self.captureOnCommitCallbacks(execute=True):
