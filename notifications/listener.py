@@ -145,8 +145,11 @@ class ProcessListener:
                     self.executor, self._prepare
                 )
             except BaseException as exc:
-                self.started.set_exception(exc)
-                self.started = None
+                # Callers waiting meanwhile get the same error; marking it
+                # retrieved keeps asyncio from logging it when there were none.
+                failed, self.started = self.started, None
+                failed.set_exception(exc)
+                failed.exception()
                 raise
             self.wake_event = asyncio.Event()
             self.tasks.append(loop.create_task(self._scan_loop()))
