@@ -23,14 +23,22 @@ try:
     address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
 except socket.gaierror as exc:
     sys.exit(f"{shown}: {exc.strerror}")
-with socket.socket(family, socket.SOCK_STREAM) as probe:
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(address)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            sys.exit(f"{shown}:{port} is taken; try make run PORT={port + 1}")
+def bind(port):
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address[0], port, *address[2:]))
+try:
+    bind(port)
+except OSError as exc:
+    if exc.errno != errno.EADDRINUSE:
         sys.exit(f"Cannot listen on {shown}:{port}: {exc.strerror}")
+    for other in range(port + 1, min(port + 50, 65536)):
+        try:
+            bind(other)
+        except OSError:
+            continue
+        sys.exit(f"{shown}:{port} is taken; try make run PORT={other}")
+    sys.exit(f"{shown}:{port} is taken")
 endef
 export PORT_CHECK
 
