@@ -3,8 +3,9 @@
 Every stream connect loads its session, and the ORM's part of a load (building
 the queryset, compiling it, making a `Session` instance) was the largest single
 cost of a connect. This store reads the same row of the same table with the
-same condition (the key, not expired) as one parameterised SELECT; writing and
-expiring sessions stay Django's own.
+same condition (the key, not expired) as one parameterised SELECT, and keeps
+the row's expiry, at which a stream of the session ends; writing and expiring
+sessions stay Django's own.
 
 Deleting a session row ends its browser session (`Visitor`) too, and so its
 open streams (signals.py), however it is deleted (`flush` at a logout or at a
@@ -16,6 +17,7 @@ lives on under the new key.
 from __future__ import annotations
 
 import contextvars
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.sessions.backends import db
@@ -28,6 +30,9 @@ _cycling: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class SessionStore(db.SessionStore):
+    # When the row read by `load` expires (a stream ends then, see streaming).
+    loaded_expiry: datetime | None = None
+
     def load(self) -> dict[str, Any]:
         model = self.model
         connection = connections[router.db_for_read(model)]
@@ -35,7 +40,7 @@ class SessionStore(db.SessionStore):
         now = connection.ops.adapt_datetimefield_value(timezone.now())
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT session_data FROM {table} "
+                f"SELECT session_data, expire_date FROM {table} "
                 "WHERE session_key = %s AND expire_date > %s",
                 [self.session_key, now],
             )
@@ -44,6 +49,7 @@ class SessionStore(db.SessionStore):
             # As Django's store does: a missing or expired session gets a new key.
             self._session_key = None
             return {}
+        self.loaded_expiry = _aware(row[1])
         return self.decode(row[0])
 
     def cycle_key(self) -> None:
@@ -54,6 +60,16 @@ class SessionStore(db.SessionStore):
             super().cycle_key()
         finally:
             _cycling.reset(token)
+
+
+def _aware(value: Any) -> datetime | None:
+    # SQLite gives the stored (naive, UTC) value back as it is; PostgreSQL an
+    # aware one.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
 def session_cycling() -> bool:

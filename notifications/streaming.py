@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, closing
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -62,6 +63,7 @@ from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import reverse, set_script_prefix
+from django.utils import timezone
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import make_id, sse_encode_error, sse_encode_event
@@ -327,12 +329,15 @@ class Page:
     connection; both come from `_Backpressure`, where the server offers them.
     """
 
-    __slots__ = ("send", "stalled_since", "abort")
+    __slots__ = ("send", "stalled_since", "abort", "ends_at")
 
     def __init__(self) -> None:
         self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.stalled_since: float | None = None
         self.abort: Callable[[], None] | None = None
+        # The loop's clock when the page's session expires: its stream ends
+        # then, and the browser's reconnect finds the session as it is.
+        self.ends_at: float | None = None
 
 
 @implementer(IPushProducer)
@@ -397,11 +402,15 @@ class EventStreamResponse(StreamingHttpResponse):
         token: str,
         positions: Positions | None,
         reset_reason: str = "",
+        expires: datetime | None = None,
     ) -> None:
         self.page = Page()
         self._listener = None
         start = None
         loop = _handler_loop.get()
+        if loop is not None and expires is not None:
+            left = (expires - timezone.now()).total_seconds()
+            self.page.ends_at = loop.time() + max(0.0, left)
         if loop is not None:
             self._listener = _register(channels, self.page, loop)
             # Also when a middleware drops this response without closing it.
@@ -529,6 +538,7 @@ def _give(
         and event.type != SESSION_CHANGED
         and not listener.aevent.is_set()
         and listener.positions.get(channel) == event.id - 1
+        and (page.ends_at is None or now < page.ends_at)
     ):
         listener.positions[channel] = event.id
         frame = _event_frame(event, listener.positions).encode()
@@ -618,6 +628,12 @@ async def _sweep(loop: asyncio.AbstractEventLoop, pages: set[Any]) -> None:
                     and held.abort is not None
                 ):
                     _drop_stalled(page, held)
+                elif (
+                    held is not None
+                    and held.ends_at is not None
+                    and held.ends_at <= now
+                ):
+                    page.aevent.set()  # its stream loop ends (session expired)
                 elif page.last_write <= due:
                     page.keep_alive_due = True
                     page.aevent.set()
@@ -733,6 +749,16 @@ async def event_stream(
             if listener.inflight is not None:
                 inflight, listener.inflight = listener.inflight, None
                 await inflight
+            if (
+                page is not None
+                and page.ends_at is not None
+                and loop.time() >= page.ends_at
+            ):
+                # The session expired: end without a word. The browser
+                # reconnects from its last event and, with the session gone,
+                # is told so and reloads into a new one.
+                logger.info("stream: its session expired; ending it")
+                return
             with manager.lock:
                 queued, overflow = listener.channel_items, listener.overflow
                 error = listener.error

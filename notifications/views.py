@@ -220,6 +220,7 @@ def stream(request: HttpRequest) -> HttpResponse:
         token=token,
         positions=positions,
         reset_reason=reset_reason,
+        expires=getattr(request.session, "loaded_expiry", None),
     )
     add_default_headers(response, request=request)
     release_connection()

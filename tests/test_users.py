@@ -335,6 +335,26 @@ class SignInChangeTests(TransactionTestCase):
                 self.assert_ended(stream, "ended")
                 self.assertFalse(VisitorRow.objects.filter(token=token).exists())
 
+    def test_a_stream_ends_when_its_session_expires(self):
+        from datetime import timedelta
+
+        from django.contrib.sessions.models import Session
+        from django.utils import timezone
+
+        browser = self.browser("carol")
+        Session.objects.filter(session_key=browser.session_key).update(
+            expire_date=timezone.now() + timedelta(seconds=2)
+        )
+        stream = self.open_stream(browser)
+
+        # Within the sweeper's two seconds after the expiry, without a word.
+        stream._thread.join(timeout=8)
+        self.assertFalse(stream._thread.is_alive(), "the stream outlived its session")
+        self.assertEqual(stream.collect("session-changed", wait=0.1), [])
+        # Reconnecting, the browser is told its session is gone.
+        retry = browser.listen()
+        self.assertEqual(retry.next("stream-error").json()["condition"], "no-session")
+
     def test_signing_in_elsewhere_or_other_saves_keep_the_streams(self):
         laptop = self.browser("carol")
         stream = self.open_stream(laptop)
