@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -214,11 +215,7 @@ def _validate(
     if "\x00" in message:
         raise ValidationError("The message contains a NUL character.", code="nul")
     if not _is_unicode_text(message):
-        raise ValidationError(
-            "The message contains a surrogate character (such as '\\ud800'), "
-            "which is not valid Unicode text.",
-            code="surrogate",
-        )
+        raise _surrogate_error("message", code="surrogate")
     max_length = conf.MAX_MESSAGE_LENGTH
     if len(message) > max_length:
         raise ValidationError(
@@ -257,6 +254,15 @@ def _is_unicode_text(text: str) -> bool:
     return True
 
 
+def _surrogate_error(what: str, *, code: str) -> ValidationError:
+    return ValidationError(
+        "The %(what)s contains a surrogate character (such as '\\ud800'), "
+        "which is not valid Unicode text.",
+        code=code,
+        params={"what": what},
+    )
+
+
 def _validate_payload(payload: Any) -> None:
     """Refuse a payload the JSONField or PostgreSQL's jsonb could not store."""
     shape_error = ValidationError(
@@ -279,56 +285,48 @@ def _validate_payload(payload: Any) -> None:
         ) from None
     if len(encoded) > PAYLOAD_MAX_BYTES:
         raise shape_error
-    # NaN and Infinity are not JSON: SQLite's JSON check and jsonb refuse them.
-    try:
-        json.dumps(payload, allow_nan=False)
-    except ValueError:
-        raise ValidationError(
-            "The payload contains NaN or Infinity, which JSON cannot carry.",
-            code="payload",
-        ) from None
-    strings, depth = _payload_strings(payload)
+    depth = _check_payload_values(payload)
     if depth > PAYLOAD_MAX_DEPTH:
         raise ValidationError(
             "The payload nests %(depth)d levels deep; the most is %(max)d.",
             code="payload",
             params={"depth": depth, "max": PAYLOAD_MAX_DEPTH},
         )
-    for text in strings:
-        if "\x00" in text:
-            # jsonb refuses \u0000, so only PostgreSQL would notice this.
-            raise ValidationError(
-                "The payload contains a NUL character.", code="payload"
-            )
-        if not _is_unicode_text(text):
-            raise ValidationError(
-                "The payload contains a surrogate character (such as '\\ud800'), "
-                "which is not valid Unicode text.",
-                code="payload",
-            )
 
 
-def _payload_strings(payload: dict[str, Any]) -> tuple[list[str], int]:
-    """Every string of an encodable payload, keys included, and its depth.
+def _check_payload_values(payload: dict[str, Any]) -> int:
+    """Refuse the values of an encodable payload a database would; return its depth.
 
     A loop rather than recursion: a payload within the size limit can still
     nest more deeply than Python's recursion limit.
     """
-    strings: list[str] = []
     deepest = 0
     pending: list[tuple[Any, int]] = [(payload, 1)]
     while pending:
         value, depth = pending.pop()
         if isinstance(value, str):
-            strings.append(value)
+            if "\x00" in value:
+                # jsonb refuses \u0000, so only PostgreSQL would notice this.
+                raise ValidationError(
+                    "The payload contains a NUL character.", code="payload"
+                )
+            if not _is_unicode_text(value):
+                raise _surrogate_error("payload", code="payload")
+        elif isinstance(value, float) and not math.isfinite(value):
+            # NaN and Infinity are not JSON: SQLite's JSON check and jsonb
+            # refuse them.
+            raise ValidationError(
+                "The payload contains NaN or Infinity, which JSON cannot carry.",
+                code="payload",
+            )
         elif isinstance(value, dict):
             deepest = max(deepest, depth)
-            strings.extend(key for key in value if isinstance(key, str))
+            pending.extend((key, depth) for key in value if isinstance(key, str))
             pending.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, (list, tuple)):
             deepest = max(deepest, depth)
             pending.extend((item, depth + 1) for item in value)
-    return strings, deepest
+    return deepest
 
 
 def _next_seq(channel: str) -> int:
@@ -399,15 +397,15 @@ def visitor_session_changed(
     )
 
 
-def _reports_started_this_minute(visitor: Visitor, progress_type: str) -> int:
+def _reports_started_since(visitor: Visitor, since: datetime) -> int:
     # Every job tells its session how it goes with `progress` rows carrying the
     # job's id, from the moment it is queued (or run, with an immediate
-    # backend): the jobs named in the last minute's rows were started in it or
-    # are still running.
-    since = timezone.now() - timedelta(seconds=ReportLimitReached.retry_after)
+    # backend): the jobs named in rows since then were started or still run.
     return (
         Notification.objects.filter(
-            visitor=visitor, event_type=progress_type, created_at__gte=since
+            visitor=visitor,
+            event_type=Notification.PROGRESS_EVENT_TYPE,
+            created_at__gte=since,
         )
         .values("payload__job")
         .distinct()
@@ -432,6 +430,7 @@ def report_job_enqueue(visitor: Visitor) -> str:
     from .tasks import PROGRESS_EVENT_TYPE, report_build
 
     limit = int(conf.REPORTS_PER_MINUTE)
+    since = timezone.now() - timedelta(seconds=ReportLimitReached.retry_after)
     # One transaction: a database-backed worker cannot see the job before the
     # "queued" event is numbered, so the job's own events come after it.
     with transaction.atomic():
@@ -439,7 +438,7 @@ def report_job_enqueue(visitor: Visitor) -> str:
             # The Visitor row's lock makes two presses at once count one
             # after the other (PostgreSQL; SQLite has one writer anyway).
             Visitor.objects.select_for_update().filter(pk=visitor.pk).exists()
-            started = _reports_started_this_minute(visitor, PROGRESS_EVENT_TYPE)
+            started = _reports_started_since(visitor, since)
         refused = bool(limit) and started >= limit
         if not refused:
             result = report_build.enqueue(visitor_id=visitor.pk)
@@ -456,7 +455,6 @@ def report_job_enqueue(visitor: Visitor) -> str:
         )
         # Said once a minute: every refused press of a held-down button would
         # otherwise stack another warning in the inbox.
-        since = timezone.now() - timedelta(seconds=ReportLimitReached.retry_after)
         told = Notification.objects.filter(
             visitor=visitor, created_at__gte=since, payload__refused="report"
         ).exists()
@@ -631,14 +629,8 @@ def user_streams_close(user_pk: int, *, reason: str) -> Notification:
     `visitor_streams_close`, so that it works for a deleted user too.
     """
     logger.info("user %s: %s; closing their streams", user_pk, reason)
-    return _store(
-        message="Your sign-in changed; the page will reload.",
-        level=Notification.Level.INFO,
-        event_type=SESSION_CHANGED_EVENT,
-        visitor=None,
-        user=None,
-        payload={"reason": reason},
-        channel=user_channel(user_pk),
+    return _streams_close(
+        user_channel(user_pk), "Your sign-in changed; the page will reload.", reason
     )
 
 
@@ -651,12 +643,20 @@ def visitor_streams_close(visitor: Visitor) -> Notification:
     it and the page reloads into a new session instead of listening to a
     channel nobody sends to any more.
     """
+    return _streams_close(
+        visitor.channel, "Your session ended; the page will reload.", "ended"
+    )
+
+
+def _streams_close(channel: str, message: str, reason: str) -> Notification:
+    # A session-changed event on `channel` with no audience row: only that
+    # channel's streams read it, and they end on it.
     return _store(
-        message="Your session ended; the page will reload.",
+        message=message,
         level=Notification.Level.INFO,
         event_type=SESSION_CHANGED_EVENT,
         visitor=None,
         user=None,
-        payload={"reason": "ended"},
-        channel=visitor.channel,
+        payload={"reason": reason},
+        channel=channel,
     )
