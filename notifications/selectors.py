@@ -15,6 +15,11 @@ from .models import BroadcastReceipt, ChannelSequence, Notification, Visitor
 SESSION_TOKEN_KEY = "_notifications_token"
 
 
+# By channel, not by empty audience columns: the closing event of an ended
+# session or user has neither, and is nobody's to read.
+BROADCASTS = Q(channel=BROADCAST)
+
+
 def visitor_token(request: HttpRequest) -> str | None:
     """Return the Visitor token that the request's session holds, or None."""
     session = getattr(request, "session", None)
@@ -113,9 +118,7 @@ def notifications_unread(
     A page sees its session's and its user's rows, and broadcasts sent since
     the session (or the user) first appeared that this reader has not dismissed.
     """
-    # By channel, not by empty audience columns: the closing event of an ended
-    # session or user has neither, and is nobody's to read.
-    audience = Q(channel=BROADCAST)
+    audience = BROADCASTS
     since = visitor.first_seen if visitor is not None else None
     if user is not None and getattr(user, "date_joined", None):
         since = min(since, user.date_joined) if since else user.date_joined
@@ -152,9 +155,7 @@ def notification_for_reader(
     A reader owns its session's rows, its user's rows and broadcasts; another
     session's or user's row is treated as if it did not exist.
     """
-    # By channel, not by empty audience columns: the closing event of an ended
-    # session or user has neither, and is nobody's to read.
-    audience = Q(channel=BROADCAST)
+    audience = BROADCASTS
     if visitor is not None:
         audience |= Q(visitor=visitor)
     if user is not None:
