@@ -46,6 +46,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import math
 import re
 import weakref
 from collections import deque
@@ -183,15 +184,7 @@ class StreamHandler(ASGIHandler):
         request = None
         if isinstance(response, EventStreamResponse):
             response.page.send = send
-            request = _server_request(send)
-            if request is not None and request.producer is None:
-                page = response.page
-                request.registerProducer(
-                    _Backpressure(page, asyncio.get_running_loop()), True
-                )
-                page.abort = request.transport.abortConnection
-            else:
-                request = None
+            request = _guard_stalls(response.page, send)
         try:
             async with aclosing(aiter(response)) as content:
                 async for part in content:
@@ -325,7 +318,7 @@ class Page:
     """What the fan-out may write to directly: set once the headers are out.
 
     `stalled_since` is the loop's clock when the server last said the page's
-    socket stopped draining (None while it drains), and `abort` drops its
+    socket stopped draining (infinity while it drains), and `abort` drops its
     connection; both come from `_Backpressure`, where the server offers them.
     """
 
@@ -333,11 +326,11 @@ class Page:
 
     def __init__(self) -> None:
         self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
-        self.stalled_since: float | None = None
+        self.stalled_since = math.inf
         self.abort: Callable[[], None] | None = None
         # The loop's clock when the page's session expires: its stream ends
         # then, and the browser's reconnect finds the session as it is.
-        self.ends_at: float | None = None
+        self.ends_at = math.inf
 
 
 @implementer(IPushProducer)
@@ -360,30 +353,32 @@ class _Backpressure:
         self.loop = loop
 
     def pauseProducing(self) -> None:
-        if self.page.stalled_since is None:
+        if self.page.stalled_since == math.inf:
             self.page.stalled_since = self.loop.time()
 
     def resumeProducing(self) -> None:
-        self.page.stalled_since = None
+        self.page.stalled_since = math.inf
 
     def stopProducing(self) -> None:
         pass
 
 
-def _server_request(send: Any) -> Any:
-    """Return Daphne's Twisted request behind an ASGI `send`, or None.
+def _guard_stalls(page: Page, send: Any) -> Any:
+    """Register `page` for Twisted's pause and resume; return the request, or None.
 
-    Daphne's `send` is `partial(server.handle_reply, request)`. Under another
-    server (or a test calling the app directly) there is none, and pages go
-    without the stall guard.
+    Daphne's `send` is `partial(server.handle_reply, request)`, the request a
+    Twisted HTTP request. Under another server (or a test calling the app
+    directly) there is none, and the page goes without the stall guard.
     """
     request = (
         send.args[0] if isinstance(send, functools.partial) and send.args else None
     )
     transport = getattr(request, "transport", None)
-    if hasattr(request, "registerProducer") and hasattr(transport, "abortConnection"):
-        return request
-    return None
+    if not hasattr(transport, "abortConnection") or request.producer is not None:
+        return None
+    request.registerProducer(_Backpressure(page, asyncio.get_running_loop()), True)
+    page.abort = transport.abortConnection
+    return request
 
 
 class EventStreamResponse(StreamingHttpResponse):
@@ -538,7 +533,6 @@ def _give(
         and event.type != SESSION_CHANGED
         and not listener.aevent.is_set()
         and listener.positions.get(channel) == event.id - 1
-        and (page.ends_at is None or now < page.ends_at)
     ):
         listener.positions[channel] = event.id
         frame = _event_frame(event, listener.positions).encode()
@@ -621,18 +615,9 @@ async def _sweep(loop: asyncio.AbstractEventLoop, pages: set[Any]) -> None:
             stalled_before = now - float(conf.STREAM_STALL_SECONDS)
             for page in list(pages):
                 held = page.page
-                if (
-                    held is not None
-                    and held.stalled_since is not None
-                    and held.stalled_since <= stalled_before
-                    and held.abort is not None
-                ):
+                if held is not None and held.stalled_since <= stalled_before:
                     _drop_stalled(page, held)
-                elif (
-                    held is not None
-                    and held.ends_at is not None
-                    and held.ends_at <= now
-                ):
+                elif held is not None and held.ends_at <= now:
                     page.aevent.set()  # its stream loop ends (session expired)
                 elif page.last_write <= due:
                     page.keep_alive_due = True
@@ -652,7 +637,9 @@ def _drop_stalled(listener: Any, page: Page) -> None:
         listener.loop.time() - page.stalled_since,
     )
     abort, page.abort = page.abort, None
-    page.stalled_since = None
+    page.stalled_since = math.inf
+    if abort is None:
+        return
     try:
         abort()
     except Exception:
@@ -749,11 +736,7 @@ async def event_stream(
             if listener.inflight is not None:
                 inflight, listener.inflight = listener.inflight, None
                 await inflight
-            if (
-                page is not None
-                and page.ends_at is not None
-                and loop.time() >= page.ends_at
-            ):
+            if page is not None and loop.time() >= page.ends_at:
                 # The session expired: end without a word. The browser
                 # reconnects from its last event and, with the session gone,
                 # is told so and reloads into a new one.
