@@ -62,13 +62,9 @@ class SessionStore(db.SessionStore):
             _cycling.reset(token)
 
 
-def _aware(value: Any) -> datetime | None:
+def _aware(value: datetime) -> datetime:
     # SQLite gives the stored (naive, UTC) value back as it is; PostgreSQL an
     # aware one.
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        return None
     return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
