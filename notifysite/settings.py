@@ -29,28 +29,16 @@ def env_bool(name: str, default: bool) -> bool:
     )
 
 
-def env_float(name: str, default: float) -> float:
+def env_number(name: str, default: float) -> float:
+    """Environment variable `name` as a number of `default`'s type, or `default`."""
     value = os.environ.get(name, "")
     if not value:
         return default
     try:
-        return float(value)
+        return type(default)(value)
     except ValueError:
-        raise ImproperlyConfigured(
-            f"{name} must be a number of seconds, not {value!r}"
-        ) from None
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"{name} must be a whole number, not {value!r}"
-        ) from None
+        kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+        raise ImproperlyConfigured(f"{name} must be {kind}, not {value!r}") from None
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -210,12 +198,12 @@ EVENTSTREAM_ALLOW_CREDENTIALS = bool(EVENTSTREAM_ALLOW_ORIGINS)
 # --- notifications ----------------------------------------------------------
 NOTIFICATIONS_TRANSPORT = os.environ.get("NOTIFICATIONS_TRANSPORT", "") or None
 NOTIFICATIONS_REDIS_URL = os.environ.get("REDIS_URL", "") or None
-NOTIFICATIONS_POLL_INTERVAL = env_float("NOTIFICATIONS_POLL_INTERVAL", 1.0)
-NOTIFICATIONS_REPORT_STEP_SECONDS = env_float("NOTIFICATIONS_REPORT_STEP_SECONDS", 1.0)
-NOTIFICATIONS_STREAM_STALL_SECONDS = env_float(
+NOTIFICATIONS_POLL_INTERVAL = env_number("NOTIFICATIONS_POLL_INTERVAL", 1.0)
+NOTIFICATIONS_REPORT_STEP_SECONDS = env_number("NOTIFICATIONS_REPORT_STEP_SECONDS", 1.0)
+NOTIFICATIONS_STREAM_STALL_SECONDS = env_number(
     "NOTIFICATIONS_STREAM_STALL_SECONDS", 30.0
 )
-NOTIFICATIONS_REPORTS_PER_MINUTE = env_int("NOTIFICATIONS_REPORTS_PER_MINUTE", 5)
+NOTIFICATIONS_REPORTS_PER_MINUTE = env_number("NOTIFICATIONS_REPORTS_PER_MINUTE", 5)
 
 _LOG_LEVEL = os.environ.get("NOTIFICATIONS_LOG_LEVEL", "INFO").upper()
 if _LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
