@@ -319,6 +319,35 @@ class BrowserPageTests(BrowserTestCase):
         # Hidden, not read: both stay in the inbox.
         self.assertEqual(self.unread(page), 2)
 
+    def test_session_changed_reloads_the_page_and_nothing_after_it_shows(self):
+        from django.db import transaction
+
+        from notifications.services import visitor_session_changed
+
+        page = self.open_page(self.new_visitor())
+        row = self.visitor_row(page)
+        # Alerts shown live, kept across the reload in this tab's storage.
+        page.evaluate(
+            """() => new MutationObserver(() => {
+                 const shown = [...document.querySelectorAll("#alerts .alert")]
+                   .map((alert) => alert.textContent);
+                 sessionStorage.setItem("shown", JSON.stringify(shown));
+               }).observe(document.getElementById("alerts"), { childList: true })"""
+        )
+
+        page.click("#press-button")
+        self.alert(page, "You pressed the button").wait_for(timeout=WAIT_MS)
+
+        with page.expect_navigation(timeout=WAIT_MS), transaction.atomic():
+            visitor_session_changed(row, user=None, reason="login")
+            notification_send(visitor=row, message="sent after the change")
+
+        shown = " | ".join(
+            page.evaluate("JSON.parse(sessionStorage.getItem('shown') || '[]')")
+        )
+        self.assertIn("You pressed the button", shown)  # the record works
+        self.assertNotIn("sent after the change", shown)
+
     def test_progress_event_moves_the_bar_instead_of_stacking_alerts(self):
         context = self.new_visitor()
         held = self.hold_streams(context)

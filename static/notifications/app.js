@@ -333,12 +333,15 @@
     return row;
   }
 
-  function setBar(row, percent, step, settled) {
+  // `outcome` is "success" or "danger" once the bar stops moving, else "".
+  function setBar(row, percent, step, outcome) {
     const bar = row.querySelector(".progress-bar");
     const track = row.querySelector(".progress");
     bar.style.width = `${percent}%`;
-    bar.classList.toggle("progress-bar-animated", !settled && percent < 100);
-    bar.classList.toggle("progress-bar-striped", !settled && percent < 100);
+    bar.classList.remove("bg-success", "bg-danger");
+    if (outcome) bar.classList.add(`bg-${outcome}`);
+    bar.classList.toggle("progress-bar-animated", !outcome);
+    bar.classList.toggle("progress-bar-striped", !outcome);
     track.setAttribute("aria-valuenow", String(percent));
     track.setAttribute("aria-valuetext", `${percent}%, ${step}`);
     row.querySelector(".report-percent").textContent = `${percent}%`;
@@ -350,26 +353,20 @@
     const row = jobRow(update.job);
     if (row.dataset.settled) return; // a late step after the job's result
     const percent = Math.max(0, Math.min(100, Number(update.percent) || 0));
-    const bar = row.querySelector(".progress-bar");
-    bar.classList.remove("bg-success", "bg-danger");
-    setBar(row, percent, update.step || "Working", false);
-    if (percent >= 100) bar.classList.add("bg-success");
+    setBar(row, percent, update.step || "Working", percent >= 100 ? "success" : "");
   }
 
   function finishProgress(notification) {
     // The job's last word is an ordinary notification; it also settles its bar.
     if (notification.type !== "success" && notification.type !== "danger") return;
     const job = notification.data?.job;
-    const row = job === undefined || job === null ? undefined : jobRows.get(String(job));
+    const row = job == null ? undefined : jobRows.get(String(job));
     if (!row) return;
     const ok = notification.type === "success";
-    const bar = row.querySelector(".progress-bar");
     const track = row.querySelector(".progress");
     const percent = ok ? 100 : Number(track.getAttribute("aria-valuenow"));
-    bar.classList.remove("bg-success", "bg-danger");
-    bar.classList.add(ok ? "bg-success" : "bg-danger");
     row.dataset.settled = ok ? "done" : "failed";
-    setBar(row, percent, ok ? "Done" : "Failed", true);
+    setBar(row, percent, ok ? "Done" : "Failed", notification.type);
   }
 
   const reportForm = document.getElementById("report-form");
@@ -526,18 +523,12 @@
   const position = JSON.parse(document.getElementById("last-event-id").textContent);
 
   let connection = null;
-  let sessionEnded = false;
   if (typeof window.EventSource === "function") {
     connection = window.notifysiteConnection.start({
       streamUrl: config.streamUrl,
       position,
       eventTypes: Object.keys(handlers),
-      onEvent: (type, data, meta) => {
-        // Nothing after a session-changed is for this page: it reloads.
-        if (sessionEnded) return;
-        if (type === "session-changed") sessionEnded = true;
-        (handlers[type] || tabHandlers[type])?.(data, meta);
-      },
+      onEvent: (type, data, meta) => (handlers[type] || tabHandlers[type])?.(data, meta),
       onState: showState,
     });
   } else {

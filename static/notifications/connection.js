@@ -85,7 +85,14 @@
       if (leader && bus) bus.postMessage({ kind: "state", state: next });
     }
 
+    // Set by session-changed, in the leader and in the tabs it tells: the
+    // stream's channels are stale and the page reloads. Nothing after it is
+    // for this page, and reconnecting with the old position would be refused.
+    let ended = false;
+
     function deliver(type, data, meta) {
+      if (ended) return;
+      if (type === "session-changed") ended = true;
       try {
         onEvent(type, data, meta);
       } catch (error) {
@@ -99,9 +106,6 @@
     let retryTimer = null;
     let catchUpUntil = 0;
     let everOpened = false;
-    // Set by session-changed: the stream's channels are stale and the page
-    // reloads; reconnecting with the old position first would only be refused.
-    let ended = false;
     const recent = []; // the leader's last events, for tabs that join late
 
     function remember(entry) {
@@ -128,7 +132,6 @@
       }
       const meta = { id: event.lastEventId || "", missed: performance.now() < catchUpUntil };
       if (type === "session-changed") {
-        ended = true;
         closeSource();
         clearTimeout(retryTimer);
       } else if (type === "stream-error") {
