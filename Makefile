@@ -70,7 +70,7 @@ run: install
 # Production-style serving: Daphne with a listen backlog for reconnect bursts.
 serve: install
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/daphne -e 'tcp:port=$(PORT):interface=$(subst :,\:,$(subst [,,$(subst ],,$(HOST)))):backlog=2048' \
+	$(BIN)/daphne -e 'tcp:port=$(PORT):interface=$(subst :,\:,$(BARE_HOST)):backlog=2048' \
 		notifysite.asgi:application
 
 # The task worker alone, beside a server started on its own.
