@@ -17,14 +17,15 @@ from notifications.services import notification_send
 from .utils import DaphneServer, Visitor, session_token
 
 
-class LiveUserTests(TransactionTestCase):
+class LiveUsersTestCase(TransactionTestCase):
+    """A server of its own, users carol and dave, and browsers signed in as them."""
+
     def setUp(self):
         # One server per test: the admin caches content type ids in the server
         # process, and the flush between tests gives them new ids.
         self.server = DaphneServer().start()
         self.addCleanup(self.server.stop)
         User = get_user_model()
-        User.objects.create_superuser("staff", "staff@example.com", "pw-staff-123")
         self.carol = User.objects.create_user("carol", password="pw-carol-123")
         User.objects.create_user("dave", password="pw-dave-123")
 
@@ -36,6 +37,14 @@ class LiveUserTests(TransactionTestCase):
             visitor.login(username, f"pw-{username}-123")
             visitor.open_page()
         return visitor
+
+
+class LiveUserTests(LiveUsersTestCase):
+    def setUp(self):
+        super().setUp()
+        get_user_model().objects.create_superuser(
+            "staff", "staff@example.com", "pw-staff-123"
+        )
 
     def admin_send(self, staff, **fields):
         staff.client.get("/admin/notifications/notification/add/")
@@ -207,24 +216,8 @@ class LiveUserTests(TransactionTestCase):
         self.assertEqual(stream.next("stream-error").json()["condition"], "no-session")
 
 
-class SignInChangeTests(TransactionTestCase):
+class SignInChangeTests(LiveUsersTestCase):
     """A user's streams end when the user leaves a session without its logout."""
-
-    def setUp(self):
-        self.server = DaphneServer().start()
-        self.addCleanup(self.server.stop)
-        User = get_user_model()
-        self.carol = User.objects.create_user("carol", password="pw-carol-123")
-        User.objects.create_user("dave", password="pw-dave-123")
-
-    def browser(self, username=None):
-        visitor = Visitor(self.server.url)
-        self.addCleanup(visitor.close)
-        visitor.open_page()
-        if username:
-            visitor.login(username, f"pw-{username}-123")
-            visitor.open_page()
-        return visitor
 
     def open_stream(self, browser):
         stream = browser.listen()
