@@ -55,24 +55,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="notifications.E004",
             )
         )
-    for name in ("RETENTION_DAYS", "READ_RETENTION_DAYS", "INBOX_LIMIT"):
+    for name, low, check_id in (
+        ("RETENTION_DAYS", 1, "E008"),
+        ("READ_RETENTION_DAYS", 1, "E008"),
+        ("INBOX_LIMIT", 1, "E008"),
+        ("REPORTS_PER_MINUTE", 0, "E011"),
+    ):
         value = getattr(conf, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            kind = (
+                "a positive integer" if low else "an integer, zero (no limit) or more"
+            )
             errors.append(
                 Error(
-                    f"NOTIFICATIONS_{name} must be a positive integer, not {value!r}.",
-                    id="notifications.E008",
+                    f"NOTIFICATIONS_{name} must be {kind}, not {value!r}.",
+                    id=f"notifications.{check_id}",
                 )
             )
-    limit = conf.REPORTS_PER_MINUTE
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        errors.append(
-            Error(
-                "NOTIFICATIONS_REPORTS_PER_MINUTE must be an integer, zero (no limit) "
-                f"or more, not {limit!r}.",
-                id="notifications.E011",
-            )
-        )
     transport = conf.TRANSPORT
     if transport is not None and transport not in TRANSPORTS:
         errors.append(
